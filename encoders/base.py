@@ -1,0 +1,69 @@
+"""The encoder base class and the options every vision tower shares (which layer, CLS token)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmadapt.errors import DataError
+
+
+@dataclass
+class VisionOptions:
+    """Options common to the vision backends (each backend's config subclasses this)."""
+
+    layer: int = -1  # hidden layer whose tokens are taken (-1: last; LLaVA uses -2)
+    drop_cls: bool = True  # drop prefix tokens (CLS / register tokens) and keep the patch tokens
+
+
+class BaseEncoder(nn.Module):
+    """An encoder: `preprocess(one raw item) -> Tensor`, `forward(batch) -> [B, num_features, hidden_size]`.
+
+    Subclasses set `modality`, `config_class`, `hidden_size` and `num_features` in `__init__`.
+    """
+
+    modality: str = "image"
+    config_class: type = VisionOptions
+    hidden_size: int
+    num_features: int
+
+    def preprocess(self, raw: Any) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def load_image(raw: Any):
+    """A PIL RGB image from a path, bytes, a PIL image or an HxWxC uint8 array; errors name the file."""
+    import io
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(raw, Image.Image):
+        return raw.convert("RGB")
+    if isinstance(raw, np.ndarray):
+        return Image.fromarray(raw).convert("RGB")
+    try:
+        if isinstance(raw, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(raw))
+        else:
+            path = Path(raw)
+            if not path.is_file():
+                raise DataError(f"image file not found: {path}")
+            image = Image.open(path)
+        image.load()
+        return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"cannot decode image {raw if not isinstance(raw, (bytes, bytearray)) else '<bytes>'}: {e}") from e
+
+
+def select_tokens(hidden: torch.Tensor, num_prefix_tokens: int, drop_cls: bool) -> torch.Tensor:
+    """[B, prefix + N, D] -> [B, N, D] when dropping prefix (CLS/register) tokens."""
+    return hidden[:, num_prefix_tokens:] if drop_cls and num_prefix_tokens else hidden

@@ -1,0 +1,395 @@
+"""Typed run configs: dataclasses loaded from YAML, strict validation, `--set a.b=v` overrides, dump.
+
+`from_dict` is the one validator for every config in mmadapt (runs, encoder/connector/objective
+kwargs, merge configs, edit hyper-parameters): an unknown key or a wrong type raises ConfigError
+naming the key path, the valid keys and a close match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from mmadapt.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where YAML is looser (int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: {value!r} is not {' or '.join(_type_name(a) for a in args)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not valid; valid: {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        item_tp = args[0] if args else Any
+        return [_coerce(v, item_tp, _join(path, i)) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        val_tp = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, val_tp, _join(path, k)) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, path)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def unknown_key_error(key: str, valid: list[str], path: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown key {_join(path, key)!r}{hint}; valid keys: {', '.join(valid)}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+    """Build dataclass `cls` from a mapping, refusing unknown keys, wrong types and missing required keys."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            raise unknown_key_error(str(key), list(fields), path)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], _join(path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {_join(path, name)!r}")
+    try:
+        obj = cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path or cls.__name__}: {e}") from e
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (nested) as plain YAML-able data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type | None = None) -> dict[str, Any]:
+    """Apply `--set` overrides to raw config data (checked against `schema` afterwards by from_dict)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+_REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
+
+
+def interpolate(data: Any, root: dict[str, Any] | None = None, path: str = "") -> Any:
+    """Resolve `${key.path}` references to other string/number values of the same config."""
+    root = data if root is None else root
+    if isinstance(data, dict):
+        return {k: interpolate(v, root, _join(path, k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, root, _join(path, i)) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+        def lookup(match: re.Match) -> str:
+            node: Any = root
+            for key in match.group(1).split("."):
+                if not isinstance(node, dict) or key not in node:
+                    raise ConfigError(f"{path}: reference ${{{match.group(1)}}} names no config key")
+                node = node[key]
+            if isinstance(node, (dict, list)):
+                raise ConfigError(f"{path}: reference ${{{match.group(1)}}} is not a scalar")
+            return str(interpolate(node, root, match.group(1)))
+
+        return _REF.sub(lookup, data)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return data
+
+
+def load(cls: type[T], source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> T:
+    """Load a config dataclass from a YAML file (or a dict), apply `--set` overrides, interpolate, validate."""
+    data = read_yaml(source) if not isinstance(source, dict) else dict(source)
+    data = apply_overrides(data, list(overrides or []))
+    data = interpolate(data)
+    where = f"{source}" if not isinstance(source, dict) else ""
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def dump(obj: Any, path: str | Path) -> None:
+    from mmadapt.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+__all__ = ["ConfigError", "from_dict", "to_dict", "load", "dump", "apply_overrides", "interpolate", "dataclass", "field"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run schema: one RunConfig per `mmadapt train` run.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LLMConfig:
+    """The causal LM: a hub id / local directory, or an AutoConfig spec built with random weights."""
+
+    name_or_path: str | None = None
+    config: dict[str, Any] | None = None  # e.g. {model_type: llama, hidden_size: 64, ...}
+    tokenizer: str | None = None  # defaults to name_or_path
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name_or_path is None) == (self.config is None):
+            raise ValueError("set exactly one of llm.name_or_path (hub id or directory) and llm.config (build from config)")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("llm.config needs a model_type (e.g. llama, qwen2, gpt2)")
+        if self.tokenizer is None and self.name_or_path is None:
+            raise ValueError("llm.tokenizer is required when the LLM is built from llm.config")
+
+
+@dataclass
+class ModelConfig:
+    llm: LLMConfig
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> {name, **kwargs}
+    connectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> {name, **kwargs}
+    init_from: str | None = None  # an mmadapt checkpoint directory whose weights start this run
+
+    def __post_init__(self) -> None:
+        if set(self.encoders) != set(self.connectors):
+            raise ValueError(
+                f"every encoder needs a connector of the same modality: encoders {sorted(self.encoders)}, "
+                f"connectors {sorted(self.connectors)}"
+            )
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # .json list or .jsonl
+    eval: str | None = None
+    media_root: str | None = None  # relative media paths are resolved here (default: the data file's folder)
+    format: Literal["conversations", "preference", "kto"] = "conversations"
+    max_length: int = 512
+    skip_bad_samples: bool = False
+    chat_template: str | None = None  # a Jinja template; default: the tokenizer's, else mmadapt's ChatML default
+    generate: dict[str, Any] | None = None  # {name: shapes, out: DIR, **kwargs}: generated data written to `out`
+    retrieval: dict[str, Any] | None = None  # retrieval-augmented examples (mmadapt.rag.augment)
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ValueError(f"data.max_length={self.max_length} is too small (at least 8)")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = 1.0
+    max_steps: int = -1  # overrides epochs when > 0
+    batch_size: int = 8
+    eval_batch_size: int | None = None
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the device supports it
+    gradient_checkpointing: bool = False
+    train_modules: list[str] = field(default_factory=lambda: ["connectors"])  # encoders | connectors | llm | a module prefix
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    report_to: list[str] = field(default_factory=list)
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "grad_accum", "logging_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"training.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"training.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class PeftConfig:
+    """Adapters through `peft` (LoRA / DoRA / QLoRA)."""
+
+    method: Literal["lora", "dora"] = "lora"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    rslora: bool = False
+    target_modules: list[str] | str = "all-linear"
+    apply_to: list[str] = field(default_factory=lambda: ["llm"])  # "llm" and/or "encoders"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "sft"})
+    peft: PeftConfig | None = None
+    seed: int = 0
+    output_dir: str = "runs/run"
+    stages: list[dict[str, Any]] = field(default_factory=list)  # [{name, <section>: partial overrides}]
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def stage_configs(config: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Expand `stages:` into one full RunConfig per stage (output in OUTPUT_DIR/STAGE_NAME).
+
+    Without stages, the run is its own single stage writing to OUTPUT_DIR.
+    """
+    if not config.stages:
+        return [("", config)]
+    base = to_dict(config)
+    base.pop("stages")
+    result, seen = [], set()
+    for i, stage in enumerate(config.stages):
+        stage = dict(stage)
+        name = stage.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"stages[{i}]: every stage needs a name")
+        if name in seen:
+            raise ConfigError(f"stages[{i}]: duplicate stage name {name!r}")
+        seen.add(name)
+        if "stages" in stage or "output_dir" in stage:
+            raise ConfigError(f"stages[{i}] ({name}): a stage may not set 'stages' or 'output_dir'")
+        merged = deep_merge(base, stage)
+        merged["output_dir"] = str(Path(config.output_dir) / name)
+        result.append((name, from_dict(RunConfig, merged, path=f"stages[{i}]")))
+    return result
+
+
+def validate_run(config: RunConfig) -> RunConfig:
+    """Check the registry-backed parts (encoders, connectors, objective) of every stage."""
+    from mmadapt import registry
+
+    for stage_name, cfg in stage_configs(config):
+        prefix = f"stages.{stage_name}." if stage_name else ""
+        for modality, spec in cfg.model.encoders.items():
+            registry.validate("encoder", spec, f"{prefix}model.encoders.{modality}")
+        for modality, spec in cfg.model.connectors.items():
+            registry.validate("connector", spec, f"{prefix}model.connectors.{modality}")
+        registry.validate("objective", cfg.objective, f"{prefix}objective")
+    return config
+
+
+def load_run(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Load, override, interpolate and fully validate a run config."""
+    config = load(RunConfig, source, overrides)
+    try:
+        return validate_run(config)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if not isinstance(source, dict) else str(e)) from None
