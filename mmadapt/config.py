@@ -268,7 +268,7 @@ class DataConfig:
     train: str | None = None  # .json list or .jsonl
     eval: str | None = None
     media_root: str | None = None  # relative media paths are resolved here (default: the data file's folder)
-    format: Literal["conversations", "preference", "kto"] = "conversations"
+    format: Literal["conversations", "text", "preference", "kto"] = "conversations"
     max_length: int = 512
     skip_bad_samples: bool = False
     chat_template: str | None = None  # a Jinja template; default: the tokenizer's, else mmadapt's ChatML default

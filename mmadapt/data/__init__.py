@@ -1,0 +1,1 @@
+"""Data formats (conversations, preference pairs, plain text), chat templates, collators, media."""
