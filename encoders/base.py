@@ -38,6 +38,30 @@ class BaseEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def check(self, path: Path) -> None:
+        """Cheap validity check of one media file before training (header only); raises DataError.
+
+        Images are verified here; other modalities override it (their decoders know their formats)."""
+        if self.modality == "image":
+            from PIL import Image
+
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except Exception as e:  # PIL raises many types for corrupt files
+                raise DataError(f"corrupt or unreadable image {path}: {e}") from e
+
+    def reload_spec(self, spec: dict[str, Any], checkpoint_dir: Path, modality: str) -> dict[str, Any]:
+        """The spec that rebuilds this encoder inside a saved checkpoint, whose multimodal.safetensors
+        holds the weights: no hub download, no original weight file. Backends that need files (an HF
+        config, an image processor) write them under `checkpoint_dir` and point to them with
+        "@checkpoint/<relative path>"."""
+        if "pretrained" in spec:
+            spec["pretrained"] = False if isinstance(spec["pretrained"], bool) else None
+        if "checkpoint_path" in spec:
+            spec["checkpoint_path"] = None
+        return spec
+
 
 def load_image(raw: Any):
     """A PIL RGB image from a path, bytes, a PIL image or an HxWxC uint8 array; errors name the file."""

@@ -1,0 +1,48 @@
+"""Collators: dynamic padding, label masking and media preprocessing for one batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmadapt.data.conversations import IGNORE_INDEX, Example
+from mmadapt.errors import DataError
+
+
+def pad(sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in sequences]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def collate_media(model: Any, examples: list[Example], skip_bad: bool = False) -> dict[str, torch.Tensor]:
+    """Preprocess every media item with its encoder; items stacked per modality in placeholder order."""
+    media: dict[str, list[torch.Tensor]] = {}
+    for example in examples:
+        for modality, items in example.media.items():
+            encoder = model.encoders[modality]
+            for item in items:
+                try:
+                    media.setdefault(modality, []).append(encoder.preprocess(item))
+                except DataError as e:
+                    raise DataError(f"{example.where}: {e}") from e
+    return {m: torch.stack(tensors) for m, tensors in media.items()}
+
+
+class ConversationCollator:
+    """Examples -> {input_ids, attention_mask, labels, media}; right padding (training)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.pad_id = model.tokenizer.pad_token_id
+
+    def __call__(self, examples: list[Example]) -> dict[str, Any]:
+        input_ids = pad([e.input_ids for e in examples], self.pad_id)
+        attention_mask = pad([[1] * len(e.input_ids) for e in examples], 0)
+        labels = pad([e.labels for e in examples], IGNORE_INDEX)
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        media = collate_media(self.model, examples)
+        if media:
+            batch["media"] = media
+        return batch

@@ -1,0 +1,156 @@
+"""LLaVA-format conversations (and plain text) -> tokenised examples with expanded placeholders.
+
+Every record is checked before training: roles, placeholders vs media, media files present.
+Loss masks come from `templates.tokenize_conversation` (character offsets, not token counting).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmadapt.config import DataConfig
+from mmadapt.data.templates import ensure_chat_template, to_messages, tokenize_conversation
+from mmadapt.errors import DataError
+from mmadapt.model import PLACEHOLDERS
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    where: str
+    input_ids: list[int]
+    labels: list[int]
+    media: dict[str, list[Any]] = field(default_factory=dict)  # modality -> raw items (paths) in placeholder order
+
+
+@dataclass
+class DataStats:
+    """What happened to the records; reported in the run summary and metrics.json."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": float(v) for k, v in sorted(self.counts.items())}
+
+
+def media_list(record: dict[str, Any], modality: str, where: str) -> list[Any]:
+    value = record.get(modality)
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise DataError(f"{where}: '{modality}' must be a file path or a list of paths, got {item!r}")
+    return items
+
+
+def resolve_media(item: str, root: Path, where: str, modality: str) -> Path:
+    path = Path(item)
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise DataError(f"{where}: {modality} file not found: {path}")
+    return path
+
+
+def expand_placeholders(input_ids: list[int], labels: list[int], token_id: int, count: int) -> tuple[list[int], list[int]]:
+    """Each placeholder id becomes `count` copies (never supervised)."""
+    ids_out, labels_out = [], []
+    for tok, lab in zip(input_ids, labels):
+        if tok == token_id:
+            ids_out.extend([token_id] * count)
+            labels_out.extend([IGNORE_INDEX] * count)
+        else:
+            ids_out.append(tok)
+            labels_out.append(lab)
+    return ids_out, labels_out
+
+
+class ExampleBuilder:
+    """Turns raw records into `Example`s for one model (its tokenizer, modalities, token counts)."""
+
+    def __init__(self, model: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.cfg = data_cfg
+        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
+        ensure_chat_template(self.tokenizer, data_cfg.chat_template)
+        self.modalities = list(model.encoders.keys())
+        self.stats = DataStats()
+
+    def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
+        examples = []
+        for where, record in records:
+            try:
+                example = self.build_one(where, record)
+            except DataError as e:
+                if not self.cfg.skip_bad_samples:
+                    raise
+                logger.warning("skipping bad sample: %s", e)
+                self.stats.counts["skipped_bad"] += 1
+                continue
+            if example is not None:
+                examples.append(example)
+        self.stats.counts["examples"] += len(examples)
+        if not examples:
+            raise DataError("no usable examples left (see the warnings above)")
+        return examples
+
+    def build_one(self, where: str, record: dict[str, Any]) -> Example | None:
+        if self.cfg.format == "text":
+            text = record.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{where}: a 'text' record needs a non-empty 'text' string")
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"] + [self.tokenizer.eos_token_id]
+            return self._truncate(Example(where, ids, list(ids)))
+        turns = record.get("conversations")
+        if not isinstance(turns, list) or not turns:
+            raise DataError(f"{where}: missing 'conversations' (a list of {{from, value}} turns)")
+        messages = to_messages(turns, where)
+        input_ids, supervised = tokenize_conversation(self.tokenizer, messages)
+        labels = [tok if sup else IGNORE_INDEX for tok, sup in zip(input_ids, supervised)]
+        media: dict[str, list[Any]] = {}
+        for modality, placeholder in PLACEHOLDERS.items():
+            items = media_list(record, modality, where)
+            n_placeholders = sum(m["content"].count(placeholder) for m in messages)
+            if modality not in self.modalities:
+                if items or n_placeholders:
+                    raise DataError(f"{where}: has {modality} but the model has no {modality} encoder "
+                                    f"(model.encoders has: {', '.join(self.modalities) or 'none'})")
+                continue
+            if n_placeholders != len(items):
+                raise DataError(f"{where}: {n_placeholders} {placeholder} placeholder(s) in the text but "
+                                f"{len(items)} {modality} item(s); put one {placeholder} where each item goes")
+            if not items:
+                continue
+            media[modality] = [resolve_media(item, self.root, where, modality) for item in items]
+            check = getattr(self.model.encoders[modality], "check", None)
+            for path in media[modality] if check else []:
+                try:
+                    check(path)
+                except DataError as e:
+                    raise DataError(f"{where}: {e}") from e
+            input_ids, labels = expand_placeholders(input_ids, labels, self.model.placeholder_id(modality),
+                                                    self.model.num_media_tokens(modality))
+        return self._truncate(Example(where, input_ids, labels, media))
+
+    def _truncate(self, example: Example) -> Example | None:
+        limit = self.cfg.max_length
+        if len(example.input_ids) > limit:
+            media_ids = {self.model.placeholder_id(m) for m in example.media}
+            if any(t in media_ids for t in example.input_ids[limit:]):
+                self.stats.counts["dropped_truncated_media"] += 1
+                logger.warning("%s: dropped, max_length=%d would cut a media item", example.where, limit)
+                return None
+            example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
+            self.stats.counts["truncated"] += 1
+        if all(label == IGNORE_INDEX for label in example.labels[1:]):
+            self.stats.counts["dropped_no_target"] += 1
+            logger.warning("%s: dropped, no supervised tokens left after truncation", example.where)
+            return None
+        return example

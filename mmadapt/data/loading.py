@@ -1,0 +1,66 @@
+"""From a run's data config to (train examples, eval examples, collator): one place per data format."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from mmadapt import registry
+from mmadapt.config import DataConfig
+from mmadapt.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# data.format -> (records loader "module:function", collator "module:Class")
+FORMATS: dict[str, tuple[str, str]] = {
+    "conversations": ("mmadapt.data.loading:load_conversations", "mmadapt.data.collator:ConversationCollator"),
+    "text": ("mmadapt.data.loading:load_conversations", "mmadapt.data.collator:ConversationCollator"),
+    "preference": ("mmadapt.data.preference:read_preference_records", "mmadapt.data.preference:PreferenceCollator"),
+    "kto": ("mmadapt.data.preference:read_kto_records", "mmadapt.data.preference:KTOCollator"),
+}
+
+
+def _load(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def generate_data(data_cfg: DataConfig) -> None:
+    """Write a generated dataset (`data.generate: {name, out, **kwargs}`) once; later runs reuse it."""
+    from mmadapt.io import atomic_directory
+
+    spec = dict(data_cfg.generate or {})
+    name, out = spec.pop("name", None), spec.pop("out", None)
+    if not name or not out:
+        raise ConfigError("data.generate needs 'name' (a generator) and 'out' (a directory)")
+    generator = registry.resolve("dataset_generator", name, where="data.generate.name")
+    if (Path(out) / "train.jsonl").is_file():
+        return
+    logger.info("generating dataset %r into %s", name, out)
+    with atomic_directory(out) as tmp:
+        generator(tmp, **spec)
+
+
+def load_conversations(path: str, model: Any, data_cfg: DataConfig, stats_prefix: str):
+    from mmadapt.data.conversations import ExampleBuilder
+    from mmadapt.data.records import read_records
+
+    builder = ExampleBuilder(model, data_cfg, path)
+    examples = builder.build(read_records(path))
+    return examples, builder.stats.as_metrics(stats_prefix)
+
+
+def load_data(model: Any, data_cfg: DataConfig) -> tuple[list, list | None, Any, dict[str, float]]:
+    """Train / eval examples, the collator and data statistics (truncated, skipped, ...) for the run summary."""
+    if not data_cfg.train:
+        raise ConfigError("data.train: no training data file given")
+    loader_target, collator_target = FORMATS[data_cfg.format]
+    loader = _load(loader_target)
+    train, stats = loader(data_cfg.train, model, data_cfg, "data_train")
+    evaluation = None
+    if data_cfg.eval:
+        evaluation, eval_stats = loader(data_cfg.eval, model, data_cfg, "data_eval")
+        stats.update(eval_stats)
+    return train, evaluation, _load(collator_target)(model), stats

@@ -1,0 +1,295 @@
+"""MultimodalLM: encoders + connectors + any Hugging Face causal LM, fused by placeholder scatter.
+
+Each modality has one placeholder token (`<image>`, `<audio>`, `<video>`), expanded at tokenisation
+to the connector's number of tokens; `embed` writes the connector outputs into `inputs_embeds` at
+those positions (masked_scatter, as torchtune's early fusion). With no media the model is exactly
+the text LM: the same `inputs_embeds` path, nothing written.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmadapt import registry
+from mmadapt.config import LLMConfig, ModelConfig, from_dict, to_dict
+from mmadapt.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDERS = {"image": "<image>", "audio": "<audio>", "video": "<video>"}
+MODEL_CONFIG_FILE = "mmadapt_model.yaml"
+MULTIMODAL_WEIGHTS = "multimodal.safetensors"
+LLM_DIR = "llm"
+ADAPTER_DIR = "llm_adapter"
+CHECKPOINT_REF = "@checkpoint/"  # encoder spec values under the checkpoint dir (rewritten by reload_spec)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def load_tokenizer(llm: LLMConfig):
+    from transformers import AutoTokenizer
+
+    source = llm.tokenizer or llm.name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=llm.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from {source!r}: {e}") from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_llm(llm: LLMConfig, vocab_size: int) -> nn.Module:
+    """The causal LM from a hub id / directory, or random weights from an AutoConfig spec."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": llm.trust_remote_code}
+    if llm.attn_implementation:
+        kwargs["attn_implementation"] = llm.attn_implementation
+    if llm.config is not None:
+        spec = dict(llm.config)
+        model_type = spec.pop("model_type")
+        spec["vocab_size"] = vocab_size  # the tokenizer decides; tiny recipes leave it open
+        try:
+            hf_config = AutoConfig.for_model(model_type, **spec)
+        except ValueError as e:
+            raise ConfigError(f"model.llm.config: {e}") from e
+        model = AutoModelForCausalLM.from_config(hf_config, **kwargs)
+        return model.to(_DTYPES[llm.dtype]) if llm.dtype != "auto" else model
+    try:
+        return AutoModelForCausalLM.from_pretrained(llm.name_or_path, dtype=_DTYPES[llm.dtype], **kwargs)
+    except OSError as e:
+        raise ConfigError(f"model.llm.name_or_path: cannot load {llm.name_or_path!r}: {e}") from e
+
+
+class MultimodalLM(nn.Module):
+    """Encoders + connectors + causal LM. `media[modality]` holds the batch's items in placeholder order."""
+
+    def __init__(self, llm: nn.Module, tokenizer: Any, encoders: dict[str, nn.Module], connectors: dict[str, nn.Module],
+                 config: ModelConfig) -> None:
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.encoders = nn.ModuleDict(encoders)
+        self.connectors = nn.ModuleDict(connectors)
+        self.model_config = config
+        self._placeholder_ids = {m: tokenizer.convert_tokens_to_ids(PLACEHOLDERS[m]) for m in encoders}
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_config(cls, config: ModelConfig, load_init_weights: bool = True) -> "MultimodalLM":
+        tokenizer = load_tokenizer(config.llm)
+        missing = [PLACEHOLDERS[m] for m in config.encoders if PLACEHOLDERS.get(m) not in tokenizer.get_vocab()]
+        for modality in config.encoders:
+            if modality not in PLACEHOLDERS:
+                raise ConfigError(f"model.encoders.{modality}: unknown modality; valid: {', '.join(PLACEHOLDERS)}")
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        llm = load_llm(config.llm, vocab_size=len(tokenizer))
+        if llm.get_input_embeddings().num_embeddings < len(tokenizer):
+            llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        hidden = llm.get_input_embeddings().embedding_dim
+        encoders, connectors = {}, {}
+        for modality, spec in config.encoders.items():
+            encoder = registry.build("encoder", spec, where=f"model.encoders.{modality}")
+            if encoder.modality != modality:
+                raise ConfigError(f"model.encoders.{modality}: encoder {spec['name']!r} is a {encoder.modality} encoder")
+            encoders[modality] = encoder
+            connectors[modality] = registry.build(
+                "connector", config.connectors[modality], where=f"model.connectors.{modality}",
+                in_dim=encoder.hidden_size, out_dim=hidden,
+            )
+        model = cls(llm, tokenizer, encoders, connectors, config)
+        if config.init_from and load_init_weights:
+            model.load_weights_from(config.init_from)
+        return model
+
+    def placeholder_id(self, modality: str) -> int:
+        return self._placeholder_ids[modality]
+
+    def num_media_tokens(self, modality: str) -> int:
+        """How many LLM positions one item of `modality` occupies (its placeholder's expansion)."""
+        return self.connectors[modality].num_tokens(self.encoders[modality].num_features)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # ------------------------------------------------------------------ fusion
+    def encode(self, modality: str, items: torch.Tensor) -> torch.Tensor:
+        """Items [n, ...] -> LLM-space tokens [n, M, hidden]."""
+        encoder = self.encoders[modality]
+        param = next(encoder.parameters(), None)
+        if param is not None:
+            items = items.to(device=param.device, dtype=param.dtype if items.is_floating_point() else items.dtype)
+        features = encoder(items)  # [n, N, D]
+        return self.connectors[modality](features.to(next(self.connectors[modality].parameters()).dtype))  # [n, M, H]
+
+    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Token embeddings with every placeholder position replaced by its media token."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # [B, T, H]
+        media = media or {}
+        for modality, token_id in self._placeholder_ids.items():
+            mask = input_ids == token_id  # [B, T]
+            items = media.get(modality)
+            n_items = 0 if items is None else len(items)
+            if n_items == 0:
+                if bool(mask.any()):
+                    raise DataError(f"the batch has {int(mask.sum())} {PLACEHOLDERS[modality]} positions but no {modality} items")
+                continue
+            tokens = self.encode(modality, items)  # [n, M, H]
+            if int(mask.sum()) != tokens.shape[0] * tokens.shape[1]:
+                raise DataError(
+                    f"{PLACEHOLDERS[modality]}: {int(mask.sum())} placeholder positions in the batch, but {tokens.shape[0]} "
+                    f"{modality} items x {tokens.shape[1]} tokens each; expand placeholders with the collator"
+                )
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), tokens.to(embeds.dtype))
+        unknown = set(media) - set(self._placeholder_ids)
+        if unknown:
+            raise DataError(f"media for {sorted(unknown)} but the model has encoders only for {sorted(self._placeholder_ids)}")
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                media: dict[str, torch.Tensor] | None = None, labels: torch.Tensor | None = None, **kwargs: Any):
+        embeds = self.embed(input_ids, media)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 media: dict[str, torch.Tensor] | None = None, **generate_kwargs: Any) -> torch.Tensor:
+        """New token ids only (prompts should be left-padded for batched generation)."""
+        embeds = self.embed(input_ids, media)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        generate_kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def multimodal_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"encoders.{k}": v for k, v in self.encoders.state_dict().items()}
+        state.update({f"connectors.{k}": v for k, v in self.connectors.state_dict().items()})
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def saved_config(self, directory: Path) -> ModelConfig:
+        """The config that rebuilds this model from `directory` alone (no hub, no original files)."""
+        encoders = {}
+        for modality, spec in self.model_config.encoders.items():
+            reload_spec = getattr(self.encoders[modality], "reload_spec", None)
+            encoders[modality] = reload_spec(dict(spec), directory, modality) if reload_spec else dict(spec)
+        llm = LLMConfig(name_or_path=CHECKPOINT_REF + LLM_DIR, tokenizer=CHECKPOINT_REF + LLM_DIR,
+                        dtype=self.model_config.llm.dtype, trust_remote_code=self.model_config.llm.trust_remote_code,
+                        attn_implementation=self.model_config.llm.attn_implementation)
+        return ModelConfig(llm=llm, encoders=encoders, connectors=dict(self.model_config.connectors))
+
+    def save_pretrained(self, directory: str | Path, atomic: bool = True, manifest: dict[str, Any] | None = None) -> Path:
+        """Write the whole model (safetensors only). `manifest`: kwargs for lineage.write_manifest."""
+        from mmadapt.io import atomic_directory
+        from mmadapt.lineage import write_manifest
+
+        directory = Path(directory)
+        if atomic:
+            with atomic_directory(directory) as tmp:
+                self._write(tmp, directory)
+                if manifest is not None:
+                    write_manifest(tmp, final_path=directory, **manifest)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._write(directory, directory)
+            if manifest is not None:
+                write_manifest(directory, **manifest)
+        return directory
+
+    def _write(self, directory: Path, final: Path) -> None:
+        from mmadapt.io import atomic_write_text
+
+        if is_peft_model(self.llm):
+            from mmadapt.train.peft import save_peft_llm
+
+            save_peft_llm(self.llm, directory / LLM_DIR, directory / ADAPTER_DIR)
+        else:
+            self.llm.save_pretrained(directory / LLM_DIR, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / LLM_DIR)
+        state = self.multimodal_state_dict()
+        if state:
+            save_file(state, str(directory / MULTIMODAL_WEIGHTS), metadata={"format": "pt"})
+        atomic_write_text(directory / MODEL_CONFIG_FILE, yaml.safe_dump(to_dict(self.saved_config(directory)), sort_keys=False))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, is_trainable: bool = False) -> "MultimodalLM":
+        directory = Path(directory)
+        path = directory / MODEL_CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+        raw = _resolve_checkpoint_refs(yaml.safe_load(path.read_text()), directory)
+        config = from_dict(ModelConfig, raw, path=str(path))
+        model = cls.from_config(config, load_init_weights=False)
+        if (directory / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            model.llm = PeftModel.from_pretrained(model.llm, str(directory / ADAPTER_DIR), is_trainable=is_trainable)
+        model._load_multimodal(directory)
+        return model
+
+    def _load_multimodal(self, directory: Path) -> None:
+        weights = directory / MULTIMODAL_WEIGHTS
+        if not weights.is_file():
+            if len(self.encoders):
+                raise ConfigError(f"{directory}: {MULTIMODAL_WEIGHTS} missing for encoders {list(self.encoders)}")
+            return
+        state = load_file(str(weights))
+        own = set(self.encoders.state_dict()) | set(self.connectors.state_dict())
+        prefixed = {k.split(".", 1)[1] for k in state}
+        if prefixed != own:
+            raise ConfigError(f"{weights}: weights do not match the model (missing {sorted(own - prefixed)[:5]}, "
+                              f"unexpected {sorted(prefixed - own)[:5]})")
+        self.encoders.load_state_dict({k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")})
+        self.connectors.load_state_dict({k[len("connectors."):]: v for k, v in state.items() if k.startswith("connectors.")})
+
+    def load_weights_from(self, directory: str | Path) -> None:
+        """Start from another checkpoint's weights (stage 2 from stage 1): LLM, encoders, connectors."""
+        directory = Path(directory)
+        if not (directory / MODEL_CONFIG_FILE).is_file():
+            raise ConfigError(f"model.init_from: {directory} is not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+        from safetensors.torch import load_file as load_st
+
+        llm_files = sorted((directory / LLM_DIR).glob("*.safetensors"))
+        state: dict[str, torch.Tensor] = {}
+        for f in llm_files:
+            state.update(load_st(str(f)))
+        target = self.llm.get_base_model() if is_peft_model(self.llm) else self.llm
+        result = target.load_state_dict(state, strict=False)
+        tied = getattr(target, "_tied_weights_keys", None) or {}
+        missing = [k for k in result.missing_keys if k not in tied]
+        if missing or result.unexpected_keys:
+            raise ConfigError(f"model.init_from: {directory}/{LLM_DIR} does not match the LLM "
+                              f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})")
+        if (directory / ADAPTER_DIR).is_dir():
+            raise ConfigError(f"model.init_from: {directory} holds an adapter; merge it first (mmadapt export --merge-adapters)")
+        self._load_multimodal(directory)
+        logger.info("initialised weights from %s", directory)
+
+
+def is_peft_model(module: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(module, PeftModel)
+
+
+def _resolve_checkpoint_refs(data: Any, directory: Path) -> Any:
+    if isinstance(data, dict):
+        return {k: _resolve_checkpoint_refs(v, directory) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_resolve_checkpoint_refs(v, directory) for v in data]
+    if isinstance(data, str) and data.startswith(CHECKPOINT_REF):
+        return str(directory / data[len(CHECKPOINT_REF):])
+    return data

@@ -1,0 +1,68 @@
+"""The shared recipe of the media QA quickstarts (vlm, audio, video): accuracy before, train, accuracy after."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmadapt.config import RunConfig, load_run, read_yaml, stage_configs
+from mmadapt.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def packaged_config(name: str) -> dict[str, Any]:
+    """A quickstart's YAML (shipped in mmadapt/quickstart/configs) as raw data."""
+    return read_yaml(Path(str(resources.files("mmadapt.quickstart") / "configs" / f"{name}.yaml")))
+
+
+def run_media_qa(raw_config: dict[str, Any], out: Path, overrides: list[str] | None = None,
+                 title: str = "quickstart") -> dict[str, float]:
+    from mmadapt.data.loading import generate_data
+    from mmadapt.data.records import read_records
+    from mmadapt.generate import exact_match
+    from mmadapt.model import MultimodalLM
+    from mmadapt.train.run import print_table, train
+
+    config: RunConfig = load_run(raw_config, [f"output_dir={out}", *(overrides or [])])
+    generate_data(config.data)
+    eval_records = read_records(config.data.eval)
+    root = Path(config.data.eval).parent
+
+    torch.manual_seed(config.seed)
+    untrained = MultimodalLM.from_config(stage_configs(config)[0][1].model)
+    before, _ = exact_match(untrained, eval_records, root, desc="accuracy before training")
+    del untrained
+
+    start = time.perf_counter()
+    summary = train(config)
+    wall = time.perf_counter() - start
+    final_dir = Path(stage_configs(config)[-1][1].output_dir)
+    model = MultimodalLM.from_pretrained(final_dir)
+    after, pairs = exact_match(model, eval_records, root, desc="accuracy after training")
+    stage_names = [name for name, _ in stage_configs(config)]
+    seconds = sum(summary.get(f"{s}/train_seconds" if s else "train_seconds", 0.0) for s in stage_names)
+    tokens = sum(summary.get(f"{s}/train_tokens" if s else "train_tokens", 0.0) for s in stage_names)
+    metrics = {
+        "eval_accuracy_before": before,
+        "eval_accuracy": after,
+        "train_seconds": seconds,
+        "train_tokens_per_second": tokens / seconds if seconds else 0.0,
+        "wall_seconds": wall,
+        "eval_examples": float(len(eval_records)),
+    }
+    for s in stage_names:
+        for key in ("train_loss", "eval_loss"):
+            full = f"{s}/{key}" if s else key
+            if full in summary:
+                metrics[full] = summary[full]
+    atomic_write_json(out / "metrics.json", metrics)
+    print_table(metrics, title=f"{title}  (model: {final_dir})")
+    for prediction, reference in pairs[:5]:
+        logger.info("sample answer: %r (reference %r)", prediction, reference)
+    return metrics

@@ -1,0 +1,1 @@
+"""The one trainer, its objectives, PEFT and freezing."""

@@ -1,0 +1,1 @@
+"""Training objectives (SFT, DPO family, KTO): small registered classes over pure tensor functions."""

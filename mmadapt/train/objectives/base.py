@@ -1,0 +1,27 @@
+"""Pure functions on logits and labels shared by every objective."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def shifted_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token and its mask.
+
+    logits [B, T, V], labels [B, T] (IGNORE_INDEX where unsupervised) -> (logps [B, T-1], mask [B, T-1] bool).
+    """
+    logits = logits[:, :-1].float()  # position t predicts token t+1
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    safe = targets.masked_fill(~mask, 0)
+    logps = -F.cross_entropy(logits.transpose(1, 2), safe, reduction="none")  # [B, T-1]
+    return logps * mask, mask
+
+
+def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token NLL over supervised positions, number of supervised positions)."""
+    logps, mask = shifted_token_logps(logits, labels)
+    return -logps.sum(), mask.sum()

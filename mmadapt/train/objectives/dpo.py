@@ -1,0 +1,177 @@
+"""DPO (sigmoid), conservative DPO (label smoothing) and IPO: losses on four log-prob tensors, and their objectives.
+
+DPO (Rafailov et al. 2023): with h = [log pi(y_w) - log ref(y_w)] - [log pi(y_l) - log ref(y_l)],
+    L = -log sigmoid(beta * h).
+Conservative DPO (cDPO, Mitchell 2023): labels flipped with probability eps,
+    L = -(1 - eps) log sigmoid(beta * h) - eps log sigmoid(-beta * h).
+IPO (Azar et al. 2023, eq. 17): L = (h - 1 / (2 * tau))^2.
+The implicit rewards are beta * (log pi - log ref) of each completion.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from mmadapt.train.objectives.logprobs import Completions, pair_logps
+from mmadapt.train.objectives.reference import build_reference
+
+logger = logging.getLogger(__name__)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair DPO / cDPO losses and the chosen / rejected implicit rewards; every input is [B] summed log-probs."""
+    chosen_ratio = policy_chosen - ref_chosen  # [B] log pi/ref of y_w
+    rejected_ratio = policy_rejected - ref_rejected  # [B] log pi/ref of y_l
+    logits = beta * (chosen_ratio - rejected_ratio)
+    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def ipo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    tau: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair IPO losses (h - 1/(2 tau))^2 and tau-scaled implicit rewards; inputs [B]."""
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    losses = (chosen_ratio - rejected_ratio - 1.0 / (2.0 * tau)) ** 2
+    return losses, tau * chosen_ratio.detach(), tau * rejected_ratio.detach()
+
+
+def preference_metrics(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: Completions, rejected: Completions
+) -> dict[str, float]:
+    """The metrics every pairwise objective logs: rewards, margin, preference accuracy, log-probs."""
+    return {
+        "rewards_chosen": chosen_rewards.mean().item(),
+        "rewards_rejected": rejected_rewards.mean().item(),
+        "rewards_margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "preference_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "logps_chosen": chosen.logps.detach().mean().item(),
+        "logps_rejected": rejected.logps.detach().mean().item(),
+    }
+
+
+def chosen_nll(chosen: Completions) -> torch.Tensor:
+    """Token-averaged negative log-likelihood of the chosen completions (the SFT term of RPO / ORPO)."""
+    return -chosen.logps.sum() / chosen.tokens.sum().clamp(min=1)
+
+
+ReferenceStrategy = Literal["auto", "copy", "adapters_off", "precomputed"]
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1  # strength of the KL tie to the reference
+    label_smoothing: float = 0.0  # conservative DPO: probability that a preference label is flipped, in [0, 0.5)
+    reference: ReferenceStrategy = "auto"
+    sft_weight: float = 0.0  # RPO (Pang et al. 2024): + weight * token-mean NLL of the chosen completion
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
+
+
+@dataclass
+class IPOConfig:
+    tau: float = 0.1  # the margin target is 1 / (2 tau)
+    reference: ReferenceStrategy = "auto"
+    length_normalize: bool = False  # compare token-mean log-probs instead of sums (the paper sums)
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+
+
+def _pair_sums(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen, rejected = pair_logps(model, batch)
+    return chosen.logps, rejected.logps
+
+
+class _ReferencedPairObjective:
+    """Shared plumbing of the pairwise objectives that compare against a reference model."""
+
+    data_format = "preference"
+    config: Any
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.reference: Any = None
+
+    def prepare(
+        self, model: torch.nn.Module, records: list[tuple[str, dict[str, Any]]] | None = None, collator: Any = None
+    ) -> None:
+        """Build the reference (a copy, adapters off, or log-probs precomputed over `records` with `collator`)."""
+        if self.config.reference == "precomputed" and collator is None and records is not None:
+            from mmadapt.config import DataConfig
+            from mmadapt.data.preference import PreferenceCollator
+
+            logger.warning("reference precomputed without the training collator: tokenising with default data settings")
+            collator = PreferenceCollator(model, DataConfig(format="preference"))
+        self.reference = build_reference(self.config.reference, model, _pair_sums, records, collator)
+
+    def reference_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference is None:  # not prepared: the model right now (before the first update) is the reference
+            self.prepare(model)
+        ref_chosen, ref_rejected = self.reference(model, batch, _pair_sums)
+        return ref_chosen, ref_rejected
+
+
+class DPOObjective(_ReferencedPairObjective):
+    """DPO with a sigmoid loss; label_smoothing > 0 gives conservative DPO."""
+
+    config_class = DPOConfig
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected = pair_logps(model, batch)
+        ref_chosen, ref_rejected = self.reference_logps(model, batch)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta, self.config.label_smoothing
+        )
+        loss = losses.mean()
+        metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
+        if self.config.sft_weight > 0:
+            nll = chosen_nll(chosen)
+            loss = loss + self.config.sft_weight * nll
+            metrics["nll_chosen"] = nll.item()
+        return loss, metrics
+
+
+class IPOObjective(_ReferencedPairObjective):
+    """IPO: a squared loss pulling the log-ratio margin to 1 / (2 tau)."""
+
+    config_class = IPOConfig
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected = pair_logps(model, batch)
+        ref_chosen, ref_rejected = self.reference_logps(model, batch)
+        policy = (chosen.logps, rejected.logps)
+        if self.config.length_normalize:  # same token counts for policy and reference
+            policy = (chosen.mean_logps, rejected.mean_logps)
+            ref_chosen = ref_chosen / chosen.tokens.clamp(min=1)
+            ref_rejected = ref_rejected / rejected.tokens.clamp(min=1)
+        losses, chosen_rewards, rejected_rewards = ipo_loss(*policy, ref_chosen, ref_rejected, self.config.tau)
+        return losses.mean(), preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)

@@ -1,0 +1,250 @@
+"""Adapters through `peft`: LoRA / DoRA / rsLoRA on the LLM (and optionally the encoders), QLoRA on CUDA, export.
+
+The LLM becomes a `peft.PeftModel`, saved in peft's own layout (DIR/llm = clean base weights,
+DIR/llm_adapter = adapter_config.json + adapter_model.safetensors), so plain
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DIR/llm), DIR/llm_adapter)` loads it.
+Encoders get adapters injected in place (`peft.inject_adapter_in_model`); connectors are untouched
+and keep training fully. `mmadapt export --merge-adapters` folds the adapters into a full model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from mmadapt.config import PeftConfig
+from mmadapt.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_MARKERS = ("lora_",)  # lora_A / lora_B / lora_magnitude_vector (DoRA) / lora_embedding_*
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """Whether a parameter name belongs to a peft adapter (and so trains whenever peft is on)."""
+    return any(marker in name for marker in ADAPTER_MARKERS)
+
+
+def _tuner_layers(module: nn.Module) -> list[Any]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def has_adapters(module: nn.Module) -> bool:
+    return bool(_tuner_layers(module))
+
+
+def lora_config(cfg: PeftConfig, target_modules: list[str] | str | None = None) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        use_rslora=cfg.rslora,  # scale alpha / sqrt(r) instead of alpha / r (Kalajdzievski 2023)
+        use_dora=cfg.method == "dora",
+        target_modules=target_modules if target_modules is not None else cfg.target_modules,
+        bias="none",
+    )
+
+
+def _linear_names(module: nn.Module) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear)})
+
+
+def _check_targets(cfg: PeftConfig, module: nn.Module, where: str) -> None:
+    """peft's own error for unmatched targets names neither the config key nor the valid names."""
+    targets = cfg.target_modules
+    if isinstance(targets, str) and targets.lower() == "all-linear":
+        return
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = lora_config(cfg)
+    if not any(check_target_module_exists(config, name) for name, _ in module.named_modules()):
+        raise ConfigError(
+            f"peft.target_modules: {targets!r} matches no module of the {where}; its linear layers are "
+            f"named {', '.join(_linear_names(module)[:20])} (or use all-linear)"
+        )
+
+
+def _check_quantization(cfg: PeftConfig) -> None:
+    if cfg.quantization == "none":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"peft.quantization: {cfg.quantization} (QLoRA) needs a CUDA GPU for the bitsandbytes kernels and this "
+            "machine has none; set peft.quantization: none to train plain LoRA here"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("peft.quantization needs bitsandbytes: pip install 'mmadapt[qlora]'") from e
+
+
+def _quantize_llm(model: Any, cfg: PeftConfig) -> None:
+    """Reload the LLM with 4-/8-bit bitsandbytes weights (QLoRA), keeping the in-memory embeddings.
+
+    bitsandbytes quantises at load time, so the LLM is re-read from where it came from; the
+    embedding rows (which may include added placeholder tokens) are copied over from memory.
+    """
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    source = getattr(model.llm, "name_or_path", "") or getattr(model.llm.config, "_name_or_path", "")
+    if not source:
+        raise ConfigError("peft.quantization: the LLM was built from llm.config (random weights); QLoRA needs "
+                          "pretrained weights from llm.name_or_path")
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=cfg.quantization == "4bit",
+        load_in_8bit=cfg.quantization == "8bit",
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    embeddings = model.llm.get_input_embeddings().weight.detach().to("cpu", copy=True)  # [V, H]
+    model.llm = None
+    gc.collect()
+    llm = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=quantization, dtype=compute, device_map={"": torch.cuda.current_device()}
+    )
+    if llm.get_input_embeddings().num_embeddings != embeddings.shape[0]:
+        llm.resize_token_embeddings(embeddings.shape[0], mean_resizing=False)
+        llm.get_input_embeddings().weight.data.copy_(embeddings)
+    model.llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
+    logger.info("QLoRA: reloaded %s with %s bitsandbytes weights", source, cfg.quantization)
+
+
+def apply_peft(model: Any, cfg: PeftConfig) -> None:
+    """Wrap `model.llm` (and, with apply_to: [encoders], every encoder) with fresh LoRA/DoRA adapters.
+
+    An LLM that already carries adapters (a LoRA checkpoint) has them merged in first, so a new
+    stage trains a new adapter on top of the previous stage's result. Connectors are left as they are.
+    """
+    from peft import PeftModel, get_peft_model, inject_adapter_in_model
+
+    unknown = [part for part in cfg.apply_to if part not in ("llm", "encoders")]
+    if unknown or not cfg.apply_to:
+        raise ConfigError(f"peft.apply_to: {cfg.apply_to!r}; valid entries: llm, encoders")
+    _check_quantization(cfg)
+    if isinstance(model.llm, PeftModel):
+        logger.info("the LLM already has adapters: merging them before adding new ones")
+        model.llm = model.llm.merge_and_unload()
+    if cfg.quantization != "none":
+        _quantize_llm(model, cfg)
+    if "llm" in cfg.apply_to:
+        _check_targets(cfg, model.llm, "LLM")
+        model.llm = get_peft_model(model.llm, lora_config(cfg))
+    if "encoders" in cfg.apply_to:
+        if not len(model.encoders):
+            raise ConfigError("peft.apply_to includes encoders but the model has none")
+        for modality, encoder in model.encoders.items():
+            _check_targets(cfg, encoder, f"{modality} encoder")
+            inject_adapter_in_model(lora_config(cfg), encoder)
+    adapter = sum(p.numel() for n, p in model.named_parameters() if is_adapter_parameter(n))
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "peft: %s r=%d alpha=%d%s on %s (targets %s): %s adapter parameters (%.2f%% of %s)",
+        cfg.method, cfg.r, cfg.alpha, " rsLoRA" if cfg.rslora else "", "+".join(cfg.apply_to),
+        cfg.target_modules, f"{adapter:,}", 100 * adapter / max(total, 1), f"{total:,}",
+    )
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Switch every adapter in `model` off for the block (the reference model of DPO with LoRA)."""
+    layers = [layer for layer in _tuner_layers(model) if not layer.disable_adapters]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)  # re-activates the active adapter(s), trainable as before
+
+
+def _fold_injected(module: nn.Module) -> None:
+    """Merge injected adapters into their base layers and put the plain layers back, in place."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, BaseTunerLayer) and name:
+            child.merge()
+            parent_name, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, attr, child.get_base_layer())
+
+
+def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with injected adapters folded in, under the original key names (module unchanged)."""
+    if not has_adapters(module):
+        return module.state_dict()
+    clone = copy.deepcopy(module)
+    _fold_injected(clone)
+    return clone.state_dict()
+
+
+def merge_adapters(model: Any) -> None:
+    """Fold every adapter (LLM and encoders) into the weights, leaving a plain model."""
+    from peft import PeftModel
+
+    if isinstance(model.llm, PeftModel):
+        model.llm = model.llm.merge_and_unload()
+    for encoder in model.encoders.values():
+        _fold_injected(encoder)
+
+
+def save_peft_llm(llm: Any, llm_dir: str | Path, adapter_dir: str | Path) -> None:
+    """A PeftModel as plain HF base weights in `llm_dir` and a standard peft adapter in `adapter_dir`."""
+    base = llm.get_base_model()
+    # The injected layers rename weights to `...base_layer.weight`; save the base under its own names.
+    clean = {
+        key.replace(".base_layer.", "."): value
+        for key, value in base.state_dict().items()
+        if not is_adapter_parameter(key)
+    }
+    base.save_pretrained(str(llm_dir), state_dict=clean, safe_serialization=True)
+    llm.save_pretrained(str(adapter_dir), safe_serialization=True)
+
+
+def export(model_dir: str | Path, out: str | Path, merge: bool = True) -> Path:
+    """Write a standalone copy of an mmadapt checkpoint, adapters merged when `merge` (lineage: parent = model_dir)."""
+    from mmadapt.model import MODEL_CONFIG_FILE, MultimodalLM
+
+    model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / MODEL_CONFIG_FILE).is_file():
+        raise ConfigError(f"--model {model_dir}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+    if out.resolve() == model_dir.resolve():
+        raise ConfigError(f"--out {out}: must differ from --model")
+    model = MultimodalLM.from_pretrained(model_dir)
+    had_adapters = has_adapters(model)
+    if merge:
+        merge_adapters(model)
+    model.save_pretrained(out, manifest={
+        "kind": "export", "config": {"merge_adapters": merge, "had_adapters": had_adapters}, "inputs": [model_dir],
+    })
+    logger.info("exported %s -> %s%s", model_dir, out, " (adapters merged)" if merge and had_adapters else "")
+    return out
+
+
+def export_cli(args: argparse.Namespace) -> int:
+    out = export(args.model, args.out, merge=args.merge_adapters)
+    print(f"exported {args.model} -> {out}" + (" with adapters merged" if args.merge_adapters else ""))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a standalone model, optionally with LoRA adapters merged in")
+    p.add_argument("--model", required=True, help="an mmadapt checkpoint directory")
+    p.add_argument("--out", required=True, help="output directory (written atomically, with manifest.json)")
+    p.add_argument("--merge-adapters", action="store_true",
+                   help="fold LoRA/DoRA adapters into the weights (a plain HF LLM in OUT/llm)")
+    p.set_defaults(func=export_cli)
