@@ -10,7 +10,6 @@ The implicit rewards are beta * (log pi - log ref) of each completion.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,8 +18,6 @@ import torch.nn.functional as F
 
 from mmadapt.train.objectives.logprobs import Completions, pair_logps
 from mmadapt.train.objectives.reference import build_reference
-
-logger = logging.getLogger(__name__)
 
 
 def dpo_loss(
@@ -110,23 +107,19 @@ def _pair_sums(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.T
 class _ReferencedPairObjective:
     """Shared plumbing of the pairwise objectives that compare against a reference model."""
 
-    data_format = "preference"
+    data_formats = ("preference",)
     config: Any
 
     def __init__(self, config: Any) -> None:
         self.config = config
         self.reference: Any = None
 
-    def prepare(
-        self, model: torch.nn.Module, records: list[tuple[str, dict[str, Any]]] | None = None, collator: Any = None
-    ) -> None:
+    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Any = None) -> None:
         """Build the reference (a copy, adapters off, or log-probs precomputed over `records` with `collator`)."""
-        if self.config.reference == "precomputed" and collator is None and records is not None:
-            from mmadapt.config import DataConfig
+        if collator is None and records is not None:
             from mmadapt.data.preference import PreferenceCollator
 
-            logger.warning("reference precomputed without the training collator: tokenising with default data settings")
-            collator = PreferenceCollator(model, DataConfig(format="preference"))
+            collator = PreferenceCollator(model)
         self.reference = build_reference(self.config.reference, model, _pair_sums, records, collator)
 
     def reference_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

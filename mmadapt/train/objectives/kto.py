@@ -10,7 +10,6 @@ precomputed reference can cache it too.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,6 @@ import torch
 from mmadapt.train.objectives.dpo import ReferenceStrategy
 from mmadapt.train.objectives.logprobs import kto_logps
 from mmadapt.train.objectives.reference import build_reference
-
-logger = logging.getLogger(__name__)
 
 
 def kto_kl(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
@@ -67,7 +64,7 @@ class KTOObjective:
     """KTO on `{prompt, completion, label}` data (data.format: kto)."""
 
     config_class = KTOConfig
-    data_format = "kto"
+    data_formats = ("kto",)
 
     def __init__(self, config: KTOConfig) -> None:
         self.config = config
@@ -77,16 +74,12 @@ class KTOObjective:
         completion, kl = kto_logps(model, batch, with_kl=self.config.kl_estimate)
         return (completion.logps,) if kl is None else (completion.logps, kl.logps)
 
-    def prepare(
-        self, model: torch.nn.Module, records: list[tuple[str, dict[str, Any]]] | None = None, collator: Any = None
-    ) -> None:
+    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Any = None) -> None:
         """Build the reference (a copy, adapters off, or log-probs precomputed over `records` with `collator`)."""
-        if self.config.reference == "precomputed" and collator is None and records is not None:
-            from mmadapt.config import DataConfig
+        if collator is None and records is not None:
             from mmadapt.data.preference import KTOCollator
 
-            logger.warning("reference precomputed without the training collator: tokenising with default data settings")
-            collator = KTOCollator(model, DataConfig(format="kto"))
+            collator = KTOCollator(model)
         self.reference = build_reference(self.config.reference, model, self._sums, records, collator)
 
     def loss(

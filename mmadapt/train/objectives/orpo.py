@@ -50,7 +50,7 @@ class ORPOObjective:
     """ORPO: one loss doing SFT and preference alignment at once."""
 
     config_class = ORPOConfig
-    data_format = "preference"
+    data_formats = ("preference",)
 
     def __init__(self, config: ORPOConfig) -> None:
         self.config = config

@@ -148,18 +148,18 @@ def build_reference(
     strategy: str,
     model: torch.nn.Module,
     fn: ReferenceFn,
-    records: list[tuple[str, dict[str, Any]]] | None = None,
+    records: list[Any] | None = None,
     collator: Callable[[list[Any]], dict[str, Any]] | None = None,
     batch_size: int = 8,
 ) -> FrozenCopyReference | AdaptersOffReference | PrecomputedReference:
-    """The reference for `strategy` (after `resolve_strategy`); `precomputed` needs the records and the collator."""
+    """The reference for `strategy` (after `resolve_strategy`); `precomputed` needs the examples and their collator."""
     strategy = resolve_strategy(strategy, model)
     if strategy == "copy":
         return FrozenCopyReference(model)
     if strategy == "adapters_off":
         return AdaptersOffReference()
     if records is None or collator is None:
-        raise ConfigError("objective.reference: precomputed needs prepare(model, records, collator) before training")
+        raise ConfigError("objective.reference: precomputed needs prepare(model, examples) before training")
     reference = PrecomputedReference()
     batches = (collator(records[i : i + batch_size]) for i in range(0, len(records), batch_size))
     reference.compute(model, batches, fn, total=(len(records) + batch_size - 1) // batch_size)

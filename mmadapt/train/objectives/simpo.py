@@ -44,7 +44,7 @@ class SimPOObjective:
     """SimPO: no reference model, so no `prepare`."""
 
     config_class = SimPOConfig
-    data_format = "preference"
+    data_formats = ("preference",)
 
     def __init__(self, config: SimPOConfig) -> None:
         self.config = config

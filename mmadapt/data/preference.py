@@ -1,0 +1,268 @@
+"""Preference pairs `{prompt, chosen, rejected}` and KTO samples `{prompt, completion, label}`: checked, tokenised, collated.
+
+A prompt is a string (one user turn) or a list of turns (multi-turn, ending with a user turn);
+a completion is a string (or one assistant turn). Both go through the chat template: the prompt
+rendered with the generation prompt, the completion as the rest of the rendered conversation
+(reply + end-of-turn marker), tokenised separately so chosen and rejected share the prompt tokens
+exactly. Media (`image` / `audio` / `video`) belong to the prompt and are collated once per pair.
+Errors name the file and line; pairs whose prompt leaves no room within max_length are dropped
+and counted (`dropped_prompt_too_long`), like every other drop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmadapt.config import DataConfig
+from mmadapt.data.collator import collate_media, pad
+from mmadapt.data.conversations import IGNORE_INDEX, DataStats, expand_placeholders, media_list, resolve_media
+from mmadapt.data.records import read_records
+from mmadapt.data.templates import ROLE_MAP, ensure_chat_template, render
+from mmadapt.errors import DataError
+from mmadapt.model import PLACEHOLDERS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreferenceExample:
+    where: str  # "file:line", also the key of cached reference log-probs
+    prompt_ids: list[int]  # placeholders expanded
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    media: dict[str, list[Path]] = field(default_factory=dict)
+
+
+@dataclass
+class KTOExample:
+    where: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    desirable: bool
+    media: dict[str, list[Path]] = field(default_factory=dict)
+    kl_completion_ids: list[int] = field(default_factory=list)  # another sample's completion: the KL estimate's row
+
+
+def prompt_messages(prompt: Any, where: str) -> list[dict[str, str]]:
+    """A prompt string or a list of turns ({from, value} or {role, content}) -> chat messages ending with the user."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(f"{where}: 'prompt' is empty")
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise DataError(f"{where}: missing 'prompt' (a string, or a list of {{from, value}} turns)")
+    messages = []
+    for i, turn in enumerate(prompt):
+        role = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
+        content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        if role not in ROLE_MAP or not isinstance(content, str):
+            raise DataError(f"{where}: prompt[{i}] must be {{from: human|gpt|system, value: text}} (or role/content)")
+        messages.append({"role": ROLE_MAP[role], "content": content})
+    if messages[-1]["role"] != "user":
+        raise DataError(f"{where}: a multi-turn prompt must end with a user ('human') turn")
+    return messages
+
+
+def completion_text(value: Any, where: str, key: str) -> str:
+    """A completion string (or a one-turn assistant list, TRL's conversational form); empty is an error."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        role = value[0].get("from", value[0].get("role"))
+        if ROLE_MAP.get(role) != "assistant":
+            raise DataError(f"{where}: '{key}' must be a string or one assistant turn, got role {role!r}")
+        value = value[0].get("value", value[0].get("content"))
+    if value is None:
+        raise DataError(f"{where}: missing '{key}' (the completion text)")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: '{key}' is empty")
+    return value
+
+
+class PreferenceTokenizer:
+    """Tokenises prompts (with media placeholders expanded) and completions for one model and data config."""
+
+    def __init__(self, model: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.cfg = data_cfg
+        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
+        ensure_chat_template(self.tokenizer, data_cfg.chat_template)
+        self.modalities = list(model.encoders.keys())
+        self.stats = DataStats()
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt(self, where: str, record: dict[str, Any]) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
+        messages = prompt_messages(record.get("prompt"), where)
+        ids = self._ids(render(self.tokenizer, messages, add_generation_prompt=True))
+        media: dict[str, list[Path]] = {}
+        for modality, placeholder in PLACEHOLDERS.items():
+            items = media_list(record, modality, where)
+            n_placeholders = sum(m["content"].count(placeholder) for m in messages)
+            if modality not in self.modalities:
+                if items or n_placeholders:
+                    raise DataError(f"{where}: has {modality} but the model has no {modality} encoder "
+                                    f"(model.encoders has: {', '.join(self.modalities) or 'none'})")
+                continue
+            if n_placeholders != len(items):
+                raise DataError(f"{where}: {n_placeholders} {placeholder} placeholder(s) in the prompt but "
+                                f"{len(items)} {modality} item(s); put one {placeholder} where each item goes")
+            if items:
+                media[modality] = [resolve_media(item, self.root, where, modality) for item in items]
+                ids, _ = expand_placeholders(ids, ids, self.model.placeholder_id(modality),
+                                             self.model.num_media_tokens(modality))
+        return messages, ids, media
+
+    def completion(self, where: str, messages: list[dict[str, str]], value: Any, key: str) -> list[int]:
+        """Token ids of the reply as the template renders it after `messages` (text + end-of-turn marker)."""
+        text = completion_text(value, where, key)
+        for placeholder in PLACEHOLDERS.values():
+            if placeholder in text:
+                raise DataError(f"{where}: '{key}' contains {placeholder}; media belong in the prompt")
+        prompt = render(self.tokenizer, messages, add_generation_prompt=True)
+        full = render(self.tokenizer, messages + [{"role": "assistant", "content": text}])
+        if not full.startswith(prompt):
+            raise DataError(f"{where}: the chat template does not render prompt + reply prefix-consistently; "
+                            "set data.chat_template to a template that does")
+        reply = full[len(prompt):]
+        # The trailing newline after the end-of-turn marker belongs to the next turn (as in templates.py).
+        return self._ids(reply[:-1] if reply.endswith("\n") else reply)
+
+    def budget(self, where: str, prompt_ids: list[int]) -> int | None:
+        """Completion tokens that fit after the prompt, or None (the pair is dropped and counted)."""
+        room = self.cfg.max_length - len(prompt_ids)
+        if room < 1:
+            self.stats.counts["dropped_prompt_too_long"] += 1
+            logger.warning("%s: dropped, the prompt (%d tokens) leaves no room for a completion within max_length=%d",
+                           where, len(prompt_ids), self.cfg.max_length)
+            return None
+        return room
+
+    def build(self, records: list[tuple[str, dict[str, Any]]], one: Any) -> list[Any]:
+        """`one(where, record)` over every record; bad ones raise, or are skipped and counted with skip_bad_samples."""
+        examples = []
+        for where, record in records:
+            try:
+                example = one(where, record)
+            except DataError as e:
+                if not self.cfg.skip_bad_samples:
+                    raise
+                logger.warning("skipping bad sample: %s", e)
+                self.stats.counts["skipped_bad"] += 1
+                continue
+            if example is not None:
+                examples.append(example)
+        self.stats.counts["examples"] += len(examples)
+        if not examples:
+            raise DataError("no usable examples left (see the warnings above)")
+        return examples
+
+
+def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> PreferenceExample | None:
+    messages, prompt_ids, media = tok.prompt(where, record)
+    chosen = tok.completion(where, messages, record.get("chosen"), "chosen")
+    rejected = tok.completion(where, messages, record.get("rejected"), "rejected")
+    if chosen == rejected:
+        raise DataError(f"{where}: 'chosen' and 'rejected' are identical; a pair must differ")
+    room = tok.budget(where, prompt_ids)
+    if room is None:
+        return None
+    if len(chosen) > room or len(rejected) > room:
+        tok.stats.counts["truncated"] += 1
+        chosen, rejected = chosen[:room], rejected[:room]
+        if chosen == rejected:
+            tok.stats.counts["dropped_identical_after_truncation"] += 1
+            logger.warning("%s: dropped, chosen and rejected are identical within max_length=%d", where, tok.cfg.max_length)
+            return None
+    return PreferenceExample(where, prompt_ids, chosen, rejected, media)
+
+
+def read_preference_records(path: str, model: Any, data_cfg: DataConfig, stats_prefix: str) -> tuple[list[PreferenceExample], dict[str, float]]:
+    """Tokenised preference pairs from a .json / .jsonl file and the data statistics (drops, truncations)."""
+    tok = PreferenceTokenizer(model, data_cfg, path)
+    examples = tok.build(read_records(path), lambda where, record: _pair(tok, where, record))
+    return examples, tok.stats.as_metrics(stats_prefix)
+
+
+def _kto(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> KTOExample | None:
+    label = record.get("label")
+    if not isinstance(label, bool):
+        raise DataError(f"{where}: 'label' must be true (desirable) or false (undesirable), got {label!r}")
+    messages, prompt_ids, media = tok.prompt(where, record)
+    completion = tok.completion(where, messages, record.get("completion"), "completion")
+    room = tok.budget(where, prompt_ids)
+    if room is None:
+        return None
+    if len(completion) > room:
+        tok.stats.counts["truncated"] += 1
+    tok.stats.counts["desirable" if label else "undesirable"] += 1
+    return KTOExample(where, prompt_ids, completion[:room], label, media)
+
+
+def read_kto_records(path: str, model: Any, data_cfg: DataConfig, stats_prefix: str) -> tuple[list[KTOExample], dict[str, float]]:
+    """Tokenised KTO samples; each gets the next sample's completion as its fixed KL-estimate row."""
+    tok = PreferenceTokenizer(model, data_cfg, path)
+    examples = tok.build(read_records(path), lambda where, record: _kto(tok, where, record))
+    if len(examples) == 1:
+        logger.warning("%s: one KTO sample, so its KL row is its own completion", path)
+    for i, example in enumerate(examples):
+        other = examples[(i + 1) % len(examples)].completion_ids
+        example.kl_completion_ids = other[: data_cfg.max_length - len(example.prompt_ids)]
+    return examples, tok.stats.as_metrics(stats_prefix)
+
+
+def _rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """prompt + completion rows, right-padded, with labels only on the completion."""
+    ids = [p + c for p, c in zip(prompts, completions)]
+    return {
+        "input_ids": pad(ids, pad_id),
+        "attention_mask": pad([[1] * len(s) for s in ids], 0),
+        # Not named `labels`: the HF Trainer would then count label tokens and stop dividing by grad_accum.
+        "completion_labels": pad([[IGNORE_INDEX] * len(p) + c for p, c in zip(prompts, completions)], IGNORE_INDEX),
+    }
+
+
+class PreferenceCollator:
+    """PreferenceExamples -> {input_ids, attention_mask, completion_labels: [2B, L] (rows [:B] chosen, [B:] rejected),
+    media (once per pair), ids}."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.pad_id = model.tokenizer.pad_token_id
+
+    def __call__(self, examples: list[PreferenceExample]) -> dict[str, Any]:
+        prompts = [e.prompt_ids for e in examples]
+        batch: dict[str, Any] = _rows(prompts * 2, [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples],
+                                      self.pad_id)
+        batch["ids"] = [e.where for e in examples]
+        media = collate_media(self.model, examples)
+        if media:
+            batch["media"] = media
+        return batch
+
+
+class KTOCollator:
+    """KTOExamples -> {input_ids, attention_mask, completion_labels: [2B, L] (rows [:B] completions, [B:] KL rows),
+    desirable [B] bool, media (once per sample), ids}."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.pad_id = model.tokenizer.pad_token_id
+
+    def __call__(self, examples: list[KTOExample]) -> dict[str, Any]:
+        prompts = [e.prompt_ids for e in examples]
+        batch: dict[str, Any] = _rows(prompts * 2, [e.completion_ids for e in examples] +
+                                      [e.kl_completion_ids for e in examples], self.pad_id)
+        batch["desirable"] = torch.tensor([e.desirable for e in examples], dtype=torch.bool)
+        batch["ids"] = [e.where for e in examples]
+        media = collate_media(self.model, examples)
+        if media:
+            batch["media"] = media
+        return batch
