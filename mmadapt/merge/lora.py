@@ -34,7 +34,7 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float, transpose: bool =
 
 
 def lora_factors(delta: torch.Tensor, rank: int, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The best rank-`rank` factors (A [r, in], B [out, r]) with B @ A ~ delta (scale 1), by truncated SVD.
+    """The best rank-`rank` factors (A [rank, in], B [out, rank]) with B @ A ~ delta (scale 1), by truncated SVD.
 
     The singular values are split evenly (sqrt on each side) so A and B have similar norms, as
     trained adapters do. `transpose`: delta is stored transposed (embeddings), factor delta.T.
@@ -43,9 +43,12 @@ def lora_factors(delta: torch.Tensor, rank: int, transpose: bool = False) -> tup
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)  # u [out, k], s [k], vh [k, in]
     r = min(rank, s.numel())
     root = s[:r].sqrt()
-    b = u[:, :r] * root  # [out, r]
-    a = root[:, None] * vh[:r]  # [r, in]
-    return a.contiguous(), b.contiguous()
+    a = torch.zeros(rank, matrix.shape[1], dtype=matrix.dtype)
+    b = torch.zeros(matrix.shape[0], rank, dtype=matrix.dtype)
+    # rank above min(out, in): zero padding keeps one `r` for every module (no rank_pattern needed)
+    a[:r] = root[:, None] * vh[:r]  # [r, in]
+    b[:, :r] = u[:, :r] * root  # [out, r]
+    return a, b
 
 
 @dataclass(frozen=True)

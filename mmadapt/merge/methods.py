@@ -44,6 +44,14 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _check_shapes(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], params: MergeParams, per_model: bool) -> None:
+    shapes = {tuple(t.shape) for t in tensors} | ({tuple(base.shape)} if base is not None else set())
+    if len(shapes) != 1:
+        raise ValueError(f"tensors to merge differ in shape: {sorted(shapes)}")
+    if per_model and (len(params.weights) != len(tensors) or len(params.densities) != len(tensors)):
+        raise ValueError(f"{len(tensors)} tensors but {len(params.weights)} weights and {len(params.densities)} densities")
+
+
 def _weights_like(weights: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     # [n] -> [n, 1, ..., 1] so it broadcasts over the stacked tensors [n, *shape]
     w = torch.tensor(list(weights), dtype=like.dtype)
@@ -99,6 +107,7 @@ def task_vector_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor]
     """base + scaling * combine_i(w_i * sparsify(model_i - base)): task arithmetic, TIES, DARE."""
     if base is None:
         raise ValueError("task-vector merges need the base model's tensor")
+    _check_shapes(base, tensors, params, per_model=True)
     dtype = compute_dtype(base, *tensors)
     base32 = base.to(dtype)
     rescale = default_rescale if params.rescale is None else params.rescale
@@ -124,6 +133,9 @@ def task_vector_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor]
 
 def linear_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], params: MergeParams) -> torch.Tensor:
     """Weighted average of the models (a model soup); with normalize=False, the plain weighted sum."""
+    _check_shapes(None, tensors, params, per_model=False)
+    if len(params.weights) != len(tensors):
+        raise ValueError(f"{len(tensors)} tensors but {len(params.weights)} weights")
     dtype = compute_dtype(*tensors)
     stacked = torch.stack([t.to(dtype) for t in tensors])  # [n, *shape]
     weights = _weights_like(params.weights, stacked)
@@ -147,6 +159,7 @@ def slerp_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], para
     """
     if len(tensors) != 2:
         raise ValueError(f"slerp merges exactly two tensors, got {len(tensors)}")
+    _check_shapes(None, tensors, params, per_model=False)
     dtype = compute_dtype(*tensors)
     a, b = tensors[0].to(dtype), tensors[1].to(dtype)
     t = params.t

@@ -1,0 +1,328 @@
+"""`mmadapt merge CONFIG.yaml --out DIR`: the merge config, the checks before any work, the streamed run.
+
+    method: ties                      # linear | task_arithmetic | ties | dare_linear | dare_ties | slerp
+    base_model: runs/base             # HF model dir or mmadapt checkpoint (task-vector methods need it)
+    models:
+      - model: runs/sft-a             # HF model dir, mmadapt checkpoint or LoRA adapter dir
+        parameters: {weight: 1.0, density: 0.5}
+      - model: runs/sft-b
+        parameters:
+          weight: [{filter: self_attn, value: 0.7}, {value: 1.0}]
+          density: 0.5
+    parameters: {scaling: 1.0}        # method-wide; weight/density here are the models' defaults
+    dtype: bfloat16                   # output dtype (default: the reference model's)
+
+Tensors are merged one name at a time, read from the inputs' shards and appended to the output
+shards as they are produced (lazy.py), so memory stays at a few tensors. The output directory is
+written atomically and carries manifest.json with the inputs (and their manifests) as parents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from mmadapt import registry
+from mmadapt.config import load, to_dict
+from mmadapt.errors import ConfigError
+from mmadapt.io import atomic_directory, atomic_write_json
+from mmadapt.lineage import MANIFEST, WEIGHT_SUFFIXES, write_manifest
+from mmadapt.merge import inputs as inp
+from mmadapt.merge.lazy import INDEX_SUFFIX, ShardedWriter, TensorInfo
+from mmadapt.merge.lora import ADAPTER_CONFIG, PREFIX, combined_adapter_config, lora_factors
+from mmadapt.merge.methods import MergeMethod
+from mmadapt.merge.params import ParamResolver, check_value
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec:
+    model: str  # a directory: HF model, mmadapt checkpoint or peft LoRA adapter
+    parameters: dict[str, Any] = field(default_factory=dict)  # weight, density: scalar | per-layer list | filters
+
+
+@dataclass
+class MergeConfig:
+    method: str
+    models: list[ModelSpec]
+    base_model: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # scaling, normalize, rescale, t (+ weight/density defaults)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: each tensor keeps the reference's dtype
+    output: Literal["model", "adapter"] = "model"  # adapter: LoRA inputs combined into one adapter by SVD
+    adapter_rank: int | None = None  # output: adapter; default: the sum of the inputs' ranks
+    seed: int = 0  # DARE's random drops
+    max_shard_size_mb: float = 5000.0
+    check_base: bool = True  # models' lineage must contain base_model
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models: list at least one model to merge")
+        if self.adapter_rank is not None and self.adapter_rank < 1:
+            raise ValueError(f"adapter_rank must be >= 1, got {self.adapter_rank}")
+        if self.max_shard_size_mb <= 0:
+            raise ValueError(f"max_shard_size_mb must be > 0, got {self.max_shard_size_mb}")
+
+
+def load_merge_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> MergeConfig:
+    config = load(MergeConfig, source, overrides)
+    try:
+        validate_config(config)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if not isinstance(source, dict) else str(e)) from None
+    return config
+
+
+def validate_config(config: MergeConfig) -> MergeMethod:
+    """The method exists, gets the models, base and parameters it needs, and nothing it would ignore."""
+    method: MergeMethod = registry.resolve("merge_method", config.method, where="method")
+    if method.num_models is not None and len(config.models) != method.num_models:
+        raise ConfigError(f"models: {method.name} merges exactly {method.num_models} models, got {len(config.models)}")
+    if method.needs_base and config.base_model is None:
+        raise ConfigError(f"base_model: {method.name} adds task vectors (model - base) to a base; set base_model "
+                          f"to the model the others were fine-tuned from")
+    valid_global = method.global_params + method.model_params
+    for key, value in config.parameters.items():
+        if key not in valid_global:
+            raise ConfigError(f"parameters.{key}: not a {method.name} parameter; valid: {', '.join(valid_global) or 'none'}")
+        check_value(key, value, f"parameters.{key}")
+    for i, spec in enumerate(config.models):
+        for key, value in spec.parameters.items():
+            if key not in method.model_params:
+                raise ConfigError(f"models[{i}].parameters.{key}: not a per-model {method.name} parameter; "
+                                  f"valid: {', '.join(method.model_params) or 'none'}")
+            check_value(key, value, f"models[{i}].parameters.{key}")
+    return method
+
+
+def merge_tensor(method: MergeMethod, base: torch.Tensor | None, tensors: list[torch.Tensor], params: Any,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """One tensor name. Integer and bool buffers (checked identical beforehand) are copied, not merged."""
+    reference = base if base is not None else tensors[0]
+    if not reference.dtype.is_floating_point:
+        return reference
+    return method(base if method.needs_base else None, tensors, params).to(dtype)
+
+
+def merge_state_dicts(method: MergeMethod, base: dict[str, torch.Tensor] | None, models: list[dict[str, torch.Tensor]],
+                      resolver: ParamResolver, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The in-memory merge (every tensor loaded): the reference the streamed run must equal."""
+    reference = base if base is not None else models[0]
+    return {name: merge_tensor(method, base[name] if base is not None else None, [m[name] for m in models],
+                               resolver(name), dtype or ref.dtype)
+            for name, ref in reference.items()}
+
+
+def _out_dtype(info: TensorInfo, config: MergeConfig) -> torch.dtype:
+    return DTYPES[config.dtype] if config.dtype and info.dtype.is_floating_point else info.dtype
+
+
+def _merge_part(method: MergeMethod, config: MergeConfig, base: inp.Source | None, models: list[inp.Source],
+                reference: inp.Source, out_dir: Path, basename: str, desc: str, copy_only: bool = False) -> int:
+    """Stream one weight set (LLM or multimodal) into `out_dir`; returns the number of tensors.
+
+    Encoder tensors (identical in every model, checked) and `copy_only` parts are copied from `reference`."""
+    resolver = ParamResolver([m.parameters for m in config.models], config.parameters, reference.info, config.seed)
+    plan = [TensorInfo(name, _out_dtype(info, config), info.shape) for name, info in reference.info.items()]
+    encoder_copy = basename == "multimodal"
+    with ShardedWriter(out_dir, plan, basename=basename, max_shard_bytes=int(config.max_shard_size_mb * 1024**2)) as writer:
+        for info in tqdm(plan, desc=desc, unit="tensor"):
+            if copy_only or (encoder_copy and info.name.startswith(inp.ENCODER_PREFIX)):
+                writer.write(info.name, reference.get(info.name).to(info.dtype))
+                continue
+            base_tensor = base.get(info.name) if base is not None and method.needs_base else None
+            tensors = [m.get(info.name) for m in models]
+            writer.write(info.name, merge_tensor(method, base_tensor, tensors, resolver(info.name), info.dtype))
+            del base_tensor, tensors
+    return len(plan)
+
+
+def _merge_adapters(method: MergeMethod, config: MergeConfig, adapters: list[Any], out_dir: Path,
+                    base_model: str | None) -> tuple[int, int]:
+    """Combine LoRA adapters: merge their deltas B @ A per module (base 0), re-factor to one rank by SVD."""
+    for a in adapters:
+        if a.replacements:
+            raise ConfigError(f"{a.label}: has full tensors ({sorted(a.replacements)[0]}, ...: modules_to_save); "
+                              f"adapters like this merge only into a full model (output: model)")
+    targets = sorted({t for a in adapters for t in a.modules})
+    first = {t: next(a for a in adapters if t in a.modules) for t in targets}
+    for t in targets:
+        for a in adapters:
+            if t in a.modules and a.delta_shape(t) != first[t].delta_shape(t):
+                raise ConfigError(f"{a.label}: tensor {t}: B @ A has shape {list(a.delta_shape(t))} but "
+                                  f"{first[t].label} gives {list(first[t].delta_shape(t))}")
+    rank = config.adapter_rank or sum(max(a.rank(t) for t in a.modules) for a in adapters)
+    dtype = DTYPES[config.dtype] if config.dtype else torch.float32
+    plan, keys = [], {}
+    for t in targets:
+        m = first[t].modules[t]
+        module = t[: -len(".weight")]
+        a_key, b_key = ((f"{PREFIX}{module}.lora_embedding_A", f"{PREFIX}{module}.lora_embedding_B") if m.embedding
+                        else (f"{PREFIX}{module}.lora_A.weight", f"{PREFIX}{module}.lora_B.weight"))
+        rows, cols = first[t].delta_shape(t)
+        out_dim, in_dim = (cols, rows) if m.transpose else (rows, cols)
+        plan += [TensorInfo(a_key, dtype, (rank, in_dim)), TensorInfo(b_key, dtype, (out_dim, rank))]
+        keys[t] = (a_key, b_key, m.transpose)
+    resolver = ParamResolver([s.parameters for s in config.models], config.parameters, targets, config.seed)
+    with ShardedWriter(out_dir, plan, basename="adapter_model", max_shard_bytes=2**62) as writer:
+        for t in tqdm(targets, desc="merging adapters", unit="module"):
+            shape = first[t].delta_shape(t)
+            deltas = [a.delta(t) if t in a.modules else torch.zeros(shape) for a in adapters]
+            merged = merge_tensor(method, torch.zeros(shape), deltas, resolver(t), torch.float32)
+            a_key, b_key, transpose = keys[t]
+            a, b = lora_factors(merged, rank, transpose)
+            writer.write(a_key, a.to(dtype))
+            writer.write(b_key, b.to(dtype))
+    atomic_write_json(out_dir / ADAPTER_CONFIG, combined_adapter_config(adapters, rank, targets, base_model))
+    return len(targets), rank
+
+
+def _copy_support_files(src: Path, dst: Path, dtype: str | None) -> None:
+    """Config, tokenizer and generation files of the reference model (not its weights or manifest)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        if (not path.is_file() or path.name.startswith(".") or path.name == MANIFEST or path.suffix in WEIGHT_SUFFIXES
+                or path.name.endswith(INDEX_SUFFIX)):
+            continue
+        shutil.copy2(path, dst / path.name)
+    config_path = dst / "config.json"
+    if dtype and config_path.is_file():
+        import json
+
+        cfg = json.loads(config_path.read_text())
+        cfg["dtype"] = dtype
+        if "torch_dtype" in cfg:  # configs written by transformers 4
+            cfg["torch_dtype"] = dtype
+        atomic_write_json(config_path, cfg)
+
+
+def _copy_checkpoint_files(reference: inp.ModelInput, dst: Path) -> None:
+    """mmadapt_model.yaml and the files its encoder specs point to ("@checkpoint/..."), except the LLM dir."""
+    shutil.copy2(reference.path / inp.MODEL_CONFIG_FILE, dst / inp.MODEL_CONFIG_FILE)
+    refs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str) and node.startswith("@checkpoint/"):
+            refs.append(node[len("@checkpoint/"):])
+
+    walk(yaml.safe_load((reference.path / inp.MODEL_CONFIG_FILE).read_text()))
+    for rel in sorted(set(refs)):
+        top = rel.split("/")[0]
+        src, target = reference.path / top, dst / top
+        if top == inp.LLM_DIR or target.exists() or not src.exists():
+            continue
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, target)
+
+
+def run_merge(config: MergeConfig, out: str | Path) -> dict[str, float]:
+    """Check everything, then merge into `out` (atomically, with manifest.json). Returns a summary."""
+    start = time.perf_counter()
+    method = validate_config(config)
+    base = inp.open_input(config.base_model, "base_model") if config.base_model else None
+    models = [inp.open_input(spec.model, f"models[{i}]") for i, spec in enumerate(config.models)]
+    inp.check_kinds(base, models, config.output)
+    kind = models[0].kind
+    reference = base if base is not None else models[0]
+    inp.check_architectures(reference, [m for m in models if m is not reference])
+    if method.needs_base and config.check_base and base is not None:
+        inp.check_lineage(base, models)
+
+    out = Path(out)
+    summary: dict[str, float] = {}
+    if config.output == "adapter":
+        from mmadapt.merge.lora import Adapter
+
+        adapters = [Adapter(m.adapter_dir, m.label) for m in models]
+        if base is not None:
+            base_src = inp.llm_source(base, None)
+            for a in adapters:
+                a.check_base(base_src.info, base.label)
+        with atomic_directory(out) as tmp:
+            modules, rank = _merge_adapters(method, config, adapters, tmp, config.base_model)
+            _finish(tmp, out, config, method, base, models)
+        summary.update(modules=float(modules), rank=float(rank))
+    else:
+        base_src = inp.llm_source(base, None) if base is not None else None
+        model_srcs = [inp.llm_source(m, base) for m in models]
+        ref_src = base_src if base_src is not None else model_srcs[0]
+        others = [s for s in model_srcs if s is not ref_src]
+        inp.check_tensors(ref_src, others, "LLM")
+        _, fixed = inp.float_names(ref_src.info)
+        inp.check_identical(ref_src, others, fixed, "integer/bool buffers cannot be averaged")
+        inp.check_tokenizers(reference if kind != "adapter" else base, [m for m in models if m is not reference])
+        # an adapter merge writes the layout of its base (an mmadapt checkpoint stays one)
+        layout = base.kind if kind == "adapter" else kind
+        mm = None
+        if kind == "multimodal":
+            inp.check_multimodal_configs(reference, [m for m in models if m is not reference])
+            mm_base = inp.multimodal_source(base) if base is not None else None
+            mm_models = [inp.multimodal_source(m) for m in models]
+            mm_ref = mm_base if base is not None else mm_models[0]
+            if mm_ref is not None:
+                mm_others = [s for s in mm_models if s is not mm_ref]
+                inp.check_tensors(mm_ref, mm_others, "multimodal")
+                encoders = [n for n in mm_ref.info if n.startswith(inp.ENCODER_PREFIX)]
+                inp.check_identical(mm_ref, mm_others, encoders, "encoders must be identical to merge checkpoints "
+                                    "(connectors and the LLM are merged; train with encoders frozen)")
+                mm = (mm_base, mm_models, mm_ref)
+        elif layout == "multimodal" and inp.multimodal_source(base) is not None:
+            mm_base = inp.multimodal_source(base)
+            mm = (None, [mm_base], mm_base)  # adapters change only the LLM: the base's connectors, as they are
+        with atomic_directory(out) as tmp:
+            llm_out = tmp / inp.LLM_DIR if layout == "multimodal" else tmp
+            support = (base if kind == "adapter" else reference).llm_dir
+            _copy_support_files(support, llm_out, config.dtype)
+            summary["llm_tensors"] = float(_merge_part(method, config, base_src, model_srcs, ref_src, llm_out, "model",
+                                                       "merging LLM"))
+            if layout == "multimodal":
+                _copy_checkpoint_files(base if kind == "adapter" else reference, tmp)
+                if mm is not None:
+                    copy_only = kind == "adapter"
+                    summary["multimodal_tensors"] = float(_merge_part(method, config, mm[0], mm[1], mm[2], tmp,
+                                                                      "multimodal", "merging connectors", copy_only))
+            _finish(tmp, out, config, method, base, models)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _finish(tmp: Path, out: Path, config: MergeConfig, method: MergeMethod, base: inp.ModelInput | None,
+            models: list[inp.ModelInput]) -> None:
+    inputs = ([base.path] if base is not None else []) + [m.path for m in models]
+    parameters = {"global": config.parameters, "models": {s.model: s.parameters for s in config.models}}
+    write_manifest(tmp, "merge", config=to_dict(config), inputs=inputs, final_path=out,
+                   extra={"method": method.name, "parameters": parameters})
+
+
+def _cli(args: argparse.Namespace) -> int:
+    config = load_merge_config(args.config, args.set)
+    summary = run_merge(config, args.out)
+    print(f"merged {len(config.models)} model(s) with {config.method} into {args.out}")
+    for key, value in summary.items():
+        print(f"  {key:<20} {value:g}")
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="merge models, mmadapt checkpoints or LoRA adapters (linear, task arithmetic, "
+                                     "TIES, DARE, SLERP), streamed tensor by tensor")
+    p.add_argument("config", help="merge YAML: method, models, base_model, parameters, dtype")
+    p.add_argument("--out", required=True, help="output directory (written atomically, with manifest.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=_cli)
