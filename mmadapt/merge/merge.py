@@ -59,7 +59,7 @@ class MergeConfig:
     models: list[ModelSpec]
     base_model: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # scaling, normalize, rescale, t (+ weight/density defaults)
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: each tensor keeps the reference's dtype
+    dtype: str | None = None  # float32 | bfloat16 | float16; default: each tensor keeps the reference's dtype
     output: Literal["model", "adapter"] = "model"  # adapter: LoRA inputs combined into one adapter by SVD
     adapter_rank: int | None = None  # output: adapter; default: the sum of the inputs' ranks
     seed: int = 0  # DARE's random drops
@@ -71,6 +71,8 @@ class MergeConfig:
             raise ValueError("models: list at least one model to merge")
         if self.adapter_rank is not None and self.adapter_rank < 1:
             raise ValueError(f"adapter_rank must be >= 1, got {self.adapter_rank}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not valid; valid: {', '.join(DTYPES)} (or leave it out)")
         if self.max_shard_size_mb <= 0:
             raise ValueError(f"max_shard_size_mb must be > 0, got {self.max_shard_size_mb}")
 
