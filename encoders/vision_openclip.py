@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,10 +13,13 @@ from PIL import Image
 from mmadapt.encoders.base import BaseEncoder, VisionOptions, load_image
 from mmadapt.errors import ConfigError
 
+CONFIG_FILE = "open_clip_config.json"  # open_clip's own layout for "local-dir:" / "hf-hub:" models
+
 
 @dataclass
 class OpenClipConfig(VisionOptions):
-    model_name: str = "ViT-B-16"  # an open_clip name, or "hf-hub:org/repo" / "local-dir:/path" (weights included)
+    # A built-in name (open_clip.list_models()), "hf-hub:org/repo", "local-dir:/path" or a directory holding open_clip_config.json.
+    model_name: str = "ViT-B-16"
     pretrained: str | None = None  # a tag such as "openai" (online) or a full-model checkpoint file; None: random weights
     model_overrides: dict[str, Any] = field(default_factory=dict)  # deep-merged into the model config, e.g. {vision_cfg: {layers: 2}}
 
@@ -26,8 +31,28 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model_config(model_name: str) -> dict[str, Any]:
+    """The architecture config open_clip builds for `model_name` (built-in table, local folder or hub repo)."""
+    import open_clip
+    from open_clip.factory import _get_hf_config, parse_model_name
+
+    schema, identifier = parse_model_name(model_name)
+    if schema == "local-dir":
+        path = Path(identifier) / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"encoder openclip model_name={model_name!r}: {path} does not exist")
+        return json.loads(path.read_text())["model_cfg"]
+    if schema == "hf-hub":
+        return _get_hf_config(identifier)["model_cfg"]
+    config = open_clip.get_model_config(identifier.replace("/", "-"))
+    if config is None:
+        raise ConfigError(f"encoder openclip model_name={model_name!r} is unknown; valid: open_clip.list_models(), "
+                          f"'hf-hub:org/repo', 'local-dir:/path'")
+    return config
+
+
 class OpenClipEncoder(BaseEncoder):
-    """Patch tokens of an open_clip image tower (ViT, timm trunk or ResNet) at hidden layer `layer`."""
+    """Patch tokens of an open_clip image tower (ViT, timm trunk or ResNet) at block `layer` (-1: the last)."""
 
     modality = "image"
     config_class = OpenClipConfig
@@ -37,22 +62,24 @@ class OpenClipEncoder(BaseEncoder):
         import open_clip
 
         self.config = config
-        overrides: dict[str, Any] = {}
-        if config.model_overrides:
-            # open_clip replaces top-level keys wholesale; merge so {vision_cfg: {layers: 2}} keeps the rest.
-            base = open_clip.get_model_config(config.model_name.replace("/", "-"))
-            if base is None:
-                raise ConfigError(f"encoder model_overrides need a built-in open_clip model_name, got {config.model_name!r}")
-            overrides = {k: _deep_merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in config.model_overrides.items()}
+        name = config.model_name
+        if Path(name).is_dir():  # a folder in open_clip's export layout, e.g. a saved mmadapt checkpoint's encoder
+            name = f"local-dir:{name}"
+        base = _model_config(name)
+        # open_clip replaces top-level config keys wholesale: merge, so {vision_cfg: {layers: 2}} keeps the rest.
+        overrides = {k: _deep_merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in config.model_overrides.items()}
+        if "vision_cfg" in overrides:
+            overrides["vision_cfg"]["patch_dropout"] = 0.0  # force_patch_dropout acts on the config this replaces
+        self.model_cfg = {**base, **overrides}  # what reload_spec saves
         try:
             model, _, self.transform = open_clip.create_model_and_transforms(
-                config.model_name,
+                name,
                 pretrained=config.pretrained,
                 pretrained_text=False,  # the text tower is discarded: never download its base weights
                 force_patch_dropout=0.0,  # patch dropout would make the token count vary in training mode
                 **overrides,
             )
-        except RuntimeError as e:
+        except (RuntimeError, FileNotFoundError, ValueError) as e:
             raise ConfigError(f"encoder openclip model_name={config.model_name!r} pretrained={config.pretrained!r}: {e}") from e
         self.visual = model.visual  # the text tower and logit scale are not needed
         with torch.no_grad():
@@ -62,6 +89,16 @@ class OpenClipEncoder(BaseEncoder):
             except AssertionError as e:  # open_clip checks the layer index with an assert
                 raise ConfigError(f"encoder openclip layer={config.layer}: {e}") from e
         self.num_features, self.hidden_size = int(features.shape[1]), int(features.shape[2])
+
+    def reload_spec(self, spec: dict[str, Any], checkpoint_dir: Path, modality: str) -> dict[str, Any]:
+        """Save the architecture and the preprocessing (a pretrained tag sets its own mean/std) into the checkpoint."""
+        from mmadapt.io import atomic_write_json
+        from mmadapt.model import CHECKPOINT_REF
+
+        relative = Path("encoders") / modality
+        saved = {"model_cfg": self.model_cfg, "preprocess_cfg": self.visual.preprocess_cfg}
+        atomic_write_json(Path(checkpoint_dir) / relative / CONFIG_FILE, saved)
+        return {**spec, "model_name": CHECKPOINT_REF + relative.as_posix(), "pretrained": None, "model_overrides": {}}
 
     def preprocess(self, raw: Any) -> torch.Tensor:
         return self.transform(load_image(raw))  # the model's own resize / crop / normalise -> [3, H, W]
