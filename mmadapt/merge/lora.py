@@ -87,6 +87,7 @@ class Adapter:
         self.source = TensorSource.from_dir(self.directory, label, basename="adapter_model")
         self.modules: dict[str, LoraModule] = {}
         self.replacements: dict[str, str] = {}  # base tensor -> adapter tensor holding its full new value
+        self.base_layers: set[str] = set()  # the replacements that are saved embedding base layers
         self._index()
 
     def _scale(self, module: str, rank: int) -> float:
@@ -113,8 +114,11 @@ class Adapter:
                 if "lora_" in short:
                     raise DataError(f"{self.label}: unsupported adapter tensor {name} (supported: LoRA A/B of linear "
                                     f"and embedding layers, and modules_to_save)")
-                # modules_to_save copies and embedding base layers saved with new tokens: full replacements
-                self.replacements[short.replace(".base_layer.", ".")] = name
+                # modules_to_save copies, and embedding base layers (peft saves them in case tokens were added)
+                target = short.replace(".base_layer.", ".")
+                self.replacements[target] = name
+                if ".base_layer." in short:
+                    self.base_layers.add(target)
         fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
         for module, pair in factors.items():
             if set(pair) != {"A", "B"}:
@@ -171,9 +175,9 @@ class AdaptedSource:
         return name in self.base
 
     def get(self, name: str) -> torch.Tensor:
-        if name in self.adapter.replacements:
-            return self.adapter.source.get(self.adapter.replacements[name])
-        base = self.base.get(name)
+        # a saved embedding base layer (or a modules_to_save copy) stands in for the base tensor
+        replacement = self.adapter.replacements.get(name)
+        base = self.adapter.source.get(replacement) if replacement else self.base.get(name)
         delta = self.adapter.delta(name)
         return base if delta is None else base.float() + delta  # float32: the merge methods compute in it anyway
 

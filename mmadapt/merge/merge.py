@@ -150,13 +150,8 @@ def _merge_part(method: MergeMethod, config: MergeConfig, base: inp.Source | Non
     return len(plan)
 
 
-def _merge_adapters(method: MergeMethod, config: MergeConfig, adapters: list[Any], out_dir: Path,
-                    base_model: str | None) -> tuple[int, int]:
-    """Combine LoRA adapters: merge their deltas B @ A per module (base 0), re-factor to one rank by SVD."""
-    for a in adapters:
-        if a.replacements:
-            raise ConfigError(f"{a.label}: has full tensors ({sorted(a.replacements)[0]}, ...: modules_to_save); "
-                              f"adapters like this merge only into a full model (output: model)")
+def _check_combinable(adapters: list[Any], base: inp.Source | None) -> None:
+    """Adapters combine into one adapter only if they hold nothing but LoRA factors of equal shapes."""
     targets = sorted({t for a in adapters for t in a.modules})
     first = {t: next(a for a in adapters if t in a.modules) for t in targets}
     for t in targets:
@@ -164,6 +159,21 @@ def _merge_adapters(method: MergeMethod, config: MergeConfig, adapters: list[Any
             if t in a.modules and a.delta_shape(t) != first[t].delta_shape(t):
                 raise ConfigError(f"{a.label}: tensor {t}: B @ A has shape {list(a.delta_shape(t))} but "
                                   f"{first[t].label} gives {list(first[t].delta_shape(t))}")
+    for a in adapters:
+        for target, name in sorted(a.replacements.items()):
+            if target not in a.base_layers:
+                raise ConfigError(f"{a.label}: holds a full copy of {target} (modules_to_save); adapters like this "
+                                  f"merge only into a full model (output: model)")
+            # a saved embedding base layer is harmless only if it is the base's (no tokens were added)
+            if base is None or not torch.equal(a.source.get(name), base.get(target)):
+                raise ConfigError(f"{a.label}: its saved embedding {target} differs from base_model's (new tokens?) "
+                                  f"or base_model is unset; merge into a full model instead (output: model)")
+
+
+def _merge_adapters(method: MergeMethod, config: MergeConfig, adapters: list[Any], out_dir: Path) -> tuple[int, int]:
+    """Combine LoRA adapters: merge their deltas B @ A per module (base 0), re-factor to one rank by SVD."""
+    targets = sorted({t for a in adapters for t in a.modules})
+    first = {t: next(a for a in adapters if t in a.modules) for t in targets}
     rank = config.adapter_rank or sum(max(a.rank(t) for t in a.modules) for a in adapters)
     dtype = DTYPES[config.dtype] if config.dtype else torch.float32
     plan, keys = [], {}
@@ -186,7 +196,7 @@ def _merge_adapters(method: MergeMethod, config: MergeConfig, adapters: list[Any
             a, b = lora_factors(merged, rank, transpose)
             writer.write(a_key, a.to(dtype))
             writer.write(b_key, b.to(dtype))
-    atomic_write_json(out_dir / ADAPTER_CONFIG, combined_adapter_config(adapters, rank, targets, base_model))
+    atomic_write_json(out_dir / ADAPTER_CONFIG, combined_adapter_config(adapters, rank, targets, config.base_model))
     return len(targets), rank
 
 
@@ -252,12 +262,12 @@ def run_merge(config: MergeConfig, out: str | Path) -> dict[str, float]:
         from mmadapt.merge.lora import Adapter
 
         adapters = [Adapter(m.adapter_dir, m.label) for m in models]
-        if base is not None:
-            base_src = inp.llm_source(base, None)
-            for a in adapters:
-                a.check_base(base_src.info, base.label)
+        base_src = inp.llm_source(base, None) if base is not None else None
+        for a in adapters if base_src is not None else []:
+            a.check_base(base_src.info, base.label)
+        _check_combinable(adapters, base_src)
         with atomic_directory(out) as tmp:
-            modules, rank = _merge_adapters(method, config, adapters, tmp, config.base_model)
+            modules, rank = _merge_adapters(method, config, adapters, tmp)
             _finish(tmp, out, config, method, base, models)
         summary.update(modules=float(modules), rank=float(rank))
     else:
