@@ -52,7 +52,8 @@ _BERT_TO_QFORMER = {
 
 def bert_to_qformer_state(bert_state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
     """Rename a BERT-family encoder state dict to Blip2QFormerModel keys (first `num_layers` layers)."""
-    out = {"layernorm.weight": bert_state["embeddings.LayerNorm.weight"], "layernorm.bias": bert_state["embeddings.LayerNorm.bias"]}
+    out = {"layernorm.weight": bert_state["embeddings.LayerNorm.weight"],
+           "layernorm.bias": bert_state["embeddings.LayerNorm.bias"]}
     for key, value in bert_state.items():
         if not key.startswith("encoder.layer."):
             continue

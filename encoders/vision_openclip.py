@@ -18,10 +18,12 @@ CONFIG_FILE = "open_clip_config.json"  # open_clip's own layout for "local-dir:"
 
 @dataclass
 class OpenClipConfig(VisionOptions):
-    # A built-in name (open_clip.list_models()), "hf-hub:org/repo", "local-dir:/path" or a directory holding open_clip_config.json.
+    # A built-in name (open_clip.list_models()), "hf-hub:org/repo", "local-dir:/path" or a folder with open_clip_config.json.
     model_name: str = "ViT-B-16"
-    pretrained: str | None = None  # a tag such as "openai" (online) or a full-model checkpoint file; None: random weights
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # deep-merged into the model config, e.g. {vision_cfg: {layers: 2}}
+    # A tag such as "openai" (online) or a full-model checkpoint file; None: random weights.
+    pretrained: str | None = None
+    # Deep-merged into the model config, e.g. {vision_cfg: {layers: 2}}.
+    model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +69,8 @@ class OpenClipEncoder(BaseEncoder):
             name = f"local-dir:{name}"
         base = _model_config(name)
         # open_clip replaces top-level config keys wholesale: merge, so {vision_cfg: {layers: 2}} keeps the rest.
-        overrides = {k: _deep_merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in config.model_overrides.items()}
+        overrides = {k: _deep_merge(base.get(k, {}), v) if isinstance(v, dict) else v
+                     for k, v in config.model_overrides.items()}
         if "vision_cfg" in overrides:
             overrides["vision_cfg"]["patch_dropout"] = 0.0  # force_patch_dropout acts on the config this replaces
         self.model_cfg = {**base, **overrides}  # what reload_spec saves
@@ -80,7 +83,8 @@ class OpenClipEncoder(BaseEncoder):
                 **overrides,
             )
         except (RuntimeError, FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"encoder openclip model_name={config.model_name!r} pretrained={config.pretrained!r}: {e}") from e
+            where = f"encoder openclip model_name={config.model_name!r} pretrained={config.pretrained!r}"
+            raise ConfigError(f"{where}: {e}") from e
         self.visual = model.visual  # the text tower and logit scale are not needed
         with torch.no_grad():
             probe = self.preprocess(Image.new("RGB", (8, 8)))[None]

@@ -63,7 +63,8 @@ def save_hf_tower(folder: Path, family: str = "clip", full: bool = False) -> Pat
     out = Path(folder) / f"{family}{'_full' if full else ''}"
     if family == "clip":
         processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 64}
+        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "vocab_size": 64}
         model = (tf.CLIPModel(tf.CLIPConfig(vision_config=HF_TOWER, text_config=text, projection_dim=16)) if full
                  else tf.CLIPVisionModel(tf.CLIPVisionConfig(**HF_TOWER)))
     elif family == "siglip":

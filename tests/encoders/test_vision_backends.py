@@ -121,7 +121,8 @@ def test_openclip_preprocessing_follows_the_model_and_survives_a_checkpoint(tmp_
     """A model folder's own mean/std (as a pretrained tag sets them) is used, and saved by reload_spec."""
     model_dir = tmp_path / "export"
     model_dir.mkdir()
-    model_cfg = {"embed_dim": 32, "vision_cfg": tiny_openclip_vit()["model_overrides"]["vision_cfg"], "text_cfg": TINY_TEXT_CFG}
+    vision_cfg = tiny_openclip_vit()["model_overrides"]["vision_cfg"]
+    model_cfg = {"embed_dim": 32, "vision_cfg": vision_cfg, "text_cfg": TINY_TEXT_CFG}
     (model_dir / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
     encoder = build({"name": "openclip", "model_name": str(model_dir)})
