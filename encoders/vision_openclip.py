@@ -45,7 +45,10 @@ def _model_config(model_name: str) -> dict[str, Any]:
             raise ConfigError(f"encoder openclip model_name={model_name!r}: {path} does not exist")
         return json.loads(path.read_text())["model_cfg"]
     if schema == "hf-hub":
-        return _get_hf_config(identifier)["model_cfg"]
+        try:
+            return _get_hf_config(identifier)["model_cfg"]
+        except OSError as e:  # not on the hub, or offline without a cached copy
+            raise ConfigError(f"encoder openclip model_name={model_name!r}: {e}") from e
     config = open_clip.get_model_config(identifier.replace("/", "-"))
     if config is None:
         raise ConfigError(f"encoder openclip model_name={model_name!r} is unknown; valid: open_clip.list_models(), "
