@@ -206,14 +206,25 @@ def _kto(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> KTOExa
     return KTOExample(where, prompt_ids, completion[:room], label, media)
 
 
+def _kl_partner(examples: list[KTOExample], i: int) -> KTOExample:
+    """The next sample (cyclically) with a different prompt: its completion is a mismatched one for sample i."""
+    n = len(examples)
+    for step in range(1, n):  # stops after the run of samples sharing this prompt
+        other = examples[(i + step) % n]
+        if other.prompt_ids != examples[i].prompt_ids:
+            return other
+    return examples[(i + 1) % n]
+
+
 def read_kto_records(path: str, model: Any, data_cfg: DataConfig, stats_prefix: str) -> tuple[list[KTOExample], dict[str, float]]:
-    """Tokenised KTO samples; each gets the next sample's completion as its fixed KL-estimate row."""
+    """Tokenised KTO samples; each gets the completion of the next sample with another prompt as its fixed KL row."""
     tok = PreferenceTokenizer(model, data_cfg, path)
     examples = tok.build(read_records(path), lambda where, record: _kto(tok, where, record))
     if len(examples) == 1:
         logger.warning("%s: one KTO sample, so its KL row is its own completion", path)
+    one_prompt = len({tuple(e.prompt_ids) for e in examples}) == 1
     for i, example in enumerate(examples):
-        other = examples[(i + 1) % len(examples)].completion_ids
+        other = (examples[(i + 1) % len(examples)] if one_prompt else _kl_partner(examples, i)).completion_ids
         example.kl_completion_ids = other[: data_cfg.max_length - len(example.prompt_ids)]
     return examples, tok.stats.as_metrics(stats_prefix)
 
