@@ -174,7 +174,11 @@ class MultimodalLM(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def multimodal_state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"encoders.{k}": v for k, v in self.encoders.state_dict().items()}
+        """Encoder and connector weights; LoRA injected into an encoder is folded in under the original names,
+        so the checkpoint loads into a fresh encoder."""
+        from mmadapt.train.peft import merged_state_dict
+
+        state = {f"encoders.{k}": v for k, v in merged_state_dict(self.encoders).items()}
         state.update({f"connectors.{k}": v for k, v in self.connectors.state_dict().items()})
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
@@ -253,28 +257,36 @@ class MultimodalLM(nn.Module):
         self.encoders.load_state_dict({k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")})
         self.connectors.load_state_dict({k[len("connectors."):]: v for k, v in state.items() if k.startswith("connectors.")})
 
-    def load_weights_from(self, directory: str | Path) -> None:
-        """Start from another checkpoint's weights (stage 2 from stage 1): LLM, encoders, connectors."""
+    def load_weights_from(self, directory: str | Path, adapters: bool = False) -> None:
+        """Load another checkpoint's weights into this model (stage 2 from stage 1, or a resumed run).
+
+        `adapters=True` (resume) also loads a saved LoRA adapter into this already peft-wrapped LLM.
+        """
         directory = Path(directory)
         if not (directory / MODEL_CONFIG_FILE).is_file():
-            raise ConfigError(f"model.init_from: {directory} is not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
-        from safetensors.torch import load_file as load_st
-
-        llm_files = sorted((directory / LLM_DIR).glob("*.safetensors"))
-        state: dict[str, torch.Tensor] = {}
-        for f in llm_files:
-            state.update(load_st(str(f)))
-        target = self.llm.get_base_model() if is_peft_model(self.llm) else self.llm
-        result = target.load_state_dict(state, strict=False)
-        tied = getattr(target, "_tied_weights_keys", None) or {}
-        missing = [k for k in result.missing_keys if k not in tied]
-        if missing or result.unexpected_keys:
-            raise ConfigError(f"model.init_from: {directory}/{LLM_DIR} does not match the LLM "
-                              f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})")
-        if (directory / ADAPTER_DIR).is_dir():
+            raise ConfigError(f"{directory} is not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+        has_adapter = (directory / ADAPTER_DIR).is_dir()
+        if has_adapter and not (adapters and is_peft_model(self.llm)):
             raise ConfigError(f"model.init_from: {directory} holds an adapter; merge it first (mmadapt export --merge-adapters)")
+        state: dict[str, torch.Tensor] = {}
+        for f in sorted((directory / LLM_DIR).glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        target = self.llm.get_base_model() if is_peft_model(self.llm) else self.llm
+        if is_peft_model(self.llm):  # the base weights sit under `.base_layer` inside LoRA-wrapped modules
+            own = set(target.state_dict())
+            state = {(k if k in own else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")): v
+                     for k, v in state.items()}
+        result = target.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if "lora_" not in k and k not in (getattr(target, "_tied_weights_keys", None) or {})]
+        if missing or result.unexpected_keys:
+            raise ConfigError(f"{directory}/{LLM_DIR} does not match the LLM "
+                              f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})")
+        if has_adapter:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.llm, load_file(str(directory / ADAPTER_DIR / "adapter_model.safetensors")))
         self._load_multimodal(directory)
-        logger.info("initialised weights from %s", directory)
+        logger.info("loaded weights from %s", directory)
 
 
 def is_peft_model(module: nn.Module) -> bool:

@@ -11,10 +11,56 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models gain nothing from a second thread; two spin against each other
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+VOCAB_TEXT = [
+    "what colour is the shape ? which shape is in the image ? where is it ? how many shapes are there ?",
+    "red green blue yellow circle square triangle one two three top bottom left right",
+    "the quick brown fox jumps over the lazy dog . hello world , you are a helpful assistant",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A word-level tokenizer (ChatML template) saved to disk, built offline."""
+    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_word_tokenizer(VOCAB_TEXT, path, extra_tokens=["<image>", "<audio>", "<video>"])
+    return path
+
+
+@pytest.fixture
+def make_model_config(tokenizer_dir):
+    """Build a ModelConfig for a tiny LLM of `model_type`, with (optionally) a tiny ViT + connector."""
+    from mmadapt.config import ModelConfig, from_dict
+    from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
+
+    def make(model_type: str = "llama", image: bool = True, connector: dict | None = None, hidden: int = 32):
+        data = {"llm": {"config": tiny_llm_config(model_type, hidden=hidden, heads=2), "tokenizer": str(tokenizer_dir)}}
+        if image:
+            data["encoders"] = {"image": tiny_vit_encoder(image_size=16, patch_size=8, width=32, depth=1)}
+            data["connectors"] = {"image": connector or {"name": "mlp", "depth": 2}}
+        return from_dict(ModelConfig, data)
+
+    return make
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    """A few small PNG images of solid colours."""
+    from PIL import Image
+
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", (16, 16), colour).save(path)
+        paths.append(path)
+    return paths

@@ -56,10 +56,10 @@ def make_clip(rng: random.Random, kind: str, rate: int, seconds: float = 1.0) ->
     elif kind == "count":
         n = rng.choice(list(COUNTS))
         freq = rng.uniform(*BANDS[rng.choice(list(BANDS))])
-        slot = seconds / 4  # one beep per quarter second at most: beeps never merge
+        slot = seconds / 4  # one beep per quarter second at most, gaps of at least 0.4 slot: beeps never merge
+        length = rng.uniform(0.28, 0.32) * slot  # beeps of one length: the sound's duration grows with the count
         for k in sorted(rng.sample(range(4), n)):
-            length = rng.uniform(0.08, 0.14)
-            place(clip, tone([freq], length, rate), k * slot + rng.uniform(0.0, slot - length - 0.04), rate)
+            place(clip, tone([freq], length, rate), (k + rng.uniform(0.0, 0.2)) * slot, rate)
         answer = COUNTS[n]
     elif kind == "order":
         low, high = rng.uniform(*BANDS["low"]), rng.uniform(*BANDS["high"])

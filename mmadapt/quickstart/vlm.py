@@ -10,8 +10,9 @@ from mmadapt.quickstart.media_qa import packaged_config, run_media_qa
 CONNECTORS = {
     "linear": {"name": "linear"},
     "mlp": {"name": "mlp", "depth": 2},
-    "qformer": {"name": "qformer", "num_query_tokens": 16},
-    "resampler": {"name": "resampler", "num_latents": 16},
+    "qformer": {"name": "qformer", "num_query_tokens": 16, "num_layers": 2, "hidden_size": 64, "num_heads": 4,
+                "intermediate_size": 128, "cross_attention_every": 1},
+    "resampler": {"name": "resampler", "num_latents": 16, "depth": 2, "num_heads": 4, "head_dim": 16, "num_kv_heads": 2},
 }
 
 

@@ -151,7 +151,7 @@ def train_stage(config: RunConfig, resume: bool = False, callbacks: list | None 
     objective = build_objective(config)
     train_data, eval_data, collator, data_stats = load_data(model, config.data)
     if hasattr(objective, "prepare"):
-        objective.prepare(model, train_data)
+        objective.prepare(model, train_data + (eval_data or []))  # eval pairs may need reference log-probs too
     logger.info("data: %d train / %s eval examples %s", len(train_data), len(eval_data) if eval_data else 0,
                 {k: int(v) for k, v in data_stats.items()})
 

@@ -66,6 +66,9 @@ class MMTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         model.save_pretrained(output_dir or self.args.output_dir, atomic=False)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        self.accelerator.unwrap_model(model or self.model).load_weights_from(resume_from_checkpoint, adapters=True)
+
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """Write checkpoint-N into OUTPUT/.staging, then rename it into place (atomic)."""
         run_dir = Path(self._get_output_dir(trial=trial))

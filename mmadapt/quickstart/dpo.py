@@ -1,0 +1,123 @@
+"""`mmadapt quickstart dpo`: DPO with LoRA on the vlm quickstart's SFT model, on generated preference pairs.
+
+Pairs come from the shapes data: the question about an image, the correct answer chosen and a
+plausible wrong one (another colour, shape, corner or count) rejected. Training pairs use the
+training images; held-out pairs use the eval images, which also give the exact-match accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmadapt.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SFT_STAGE = "stage2-instruct"
+
+
+def answer_kinds() -> list[tuple[str, ...]]:
+    """The answer vocabularies of the shapes task; a wrong answer is drawn from the right one's kind."""
+    from mmadapt.quickstart.shapes import CELLS, COLOURS, COUNTS, SHAPES
+
+    return [tuple(COLOURS), tuple(SHAPES), tuple(CELLS), tuple(COUNTS.values())]
+
+
+def preference_pairs(records: list[tuple[str, dict[str, Any]]], seed: int) -> list[dict[str, Any]]:
+    """One {id, image, prompt, chosen, rejected} pair per shapes QA record."""
+    rng = random.Random(seed)
+    kinds = answer_kinds()
+    pairs = []
+    for where, record in records:
+        question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
+        kind = next((k for k in kinds if answer in k), None)
+        if kind is None:
+            raise ConfigError(f"{where}: answer {answer!r} is not a shapes answer; regenerate the vlm quickstart data")
+        wrong = rng.choice([a for a in kind if a != answer])
+        pairs.append({"id": record.get("id", where), "image": record["image"], "prompt": question,
+                      "chosen": answer, "rejected": wrong})
+    return pairs
+
+
+def write_pairs(data_dir: Path, out: Path, seed: int) -> None:
+    """out/train.jsonl and out/eval.jsonl (image paths relative to the vlm data folder), written once."""
+    from mmadapt.data.records import read_records
+    from mmadapt.io import atomic_directory
+
+    if (out / "eval.jsonl").is_file():
+        return
+    with atomic_directory(out) as tmp:
+        for split in ("train", "eval"):
+            pairs = preference_pairs(read_records(data_dir / f"{split}.jsonl"), seed)
+            (tmp / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+
+
+def checkpoint_model_spec(checkpoint: Path) -> dict[str, Any]:
+    """The model section that rebuilds `checkpoint` (its saved config) and records it as this run's parent."""
+    from mmadapt.model import MODEL_CONFIG_FILE, _resolve_checkpoint_refs
+
+    spec = _resolve_checkpoint_refs(yaml.safe_load((checkpoint / MODEL_CONFIG_FILE).read_text()), checkpoint)
+    spec["init_from"] = str(checkpoint)  # lineage: the DPO manifest embeds the SFT chain
+    return spec
+
+
+def run(out: Path, connector: str | None = None) -> dict[str, float]:
+    import torch
+
+    from mmadapt.config import load_run
+    from mmadapt.data.records import read_records
+    from mmadapt.generate import exact_match
+    from mmadapt.io import atomic_write_json
+    from mmadapt.model import MultimodalLM
+    from mmadapt.quickstart import vlm
+    from mmadapt.quickstart.media_qa import packaged_config
+    from mmadapt.train.run import print_table, train
+
+    if connector is not None:
+        raise ConfigError("--connector: the dpo quickstart reuses the vlm quickstart's model; run `mmadapt quickstart "
+                          "vlm --connector ...` first")
+    start = time.perf_counter()
+    out = Path(out)
+    vlm_dir = out.parent / "quickstart-vlm"
+    sft = vlm_dir / SFT_STAGE
+    if not (sft / "manifest.json").is_file():
+        logger.info("no SFT model in %s: running the vlm quickstart first", sft)
+        vlm.run(vlm_dir)
+    data_dir = vlm_dir / "data"
+    raw = packaged_config("dpo")
+    write_pairs(data_dir, out / "pairs", seed=raw.get("seed", 0))
+    raw["model"] = checkpoint_model_spec(sft)
+    raw["data"].update(train=str(out / "pairs" / "train.jsonl"), eval=str(out / "pairs" / "eval.jsonl"),
+                       media_root=str(data_dir))
+    config = load_run(raw, [f"output_dir={out}"])
+
+    eval_records = read_records(data_dir / "eval.jsonl")
+    torch.manual_seed(config.seed)
+    before, _ = exact_match(MultimodalLM.from_pretrained(sft), eval_records, data_dir, desc="SFT model accuracy")
+    summary = train(config)
+    after, answers = exact_match(MultimodalLM.from_pretrained(out), eval_records, data_dir, desc="DPO model accuracy")
+    metrics = {
+        "preference_accuracy": summary["eval_preference_accuracy"],
+        "eval_accuracy": after,
+        "eval_accuracy_sft": before,
+        "eval_rewards_margin": summary["eval_rewards_margin"],
+        "eval_rewards_chosen": summary["eval_rewards_chosen"],
+        "eval_rewards_rejected": summary["eval_rewards_rejected"],
+        "train_preference_accuracy": summary.get("train_preference_accuracy", float("nan")),
+        "train_loss": summary["train_loss"],
+        "train_seconds": summary["train_seconds"],
+        "wall_seconds": time.perf_counter() - start,
+        "eval_pairs": summary.get("data_eval_examples", 0.0),
+    }
+    atomic_write_json(out / "metrics.json", {**{k: v for k, v in summary.items() if isinstance(v, float)}, **metrics})
+    print_table(metrics, title=f"quickstart dpo (LoRA DPO on {sft})  model: {out}")
+    for prediction, reference in answers[:5]:
+        logger.info("sample answer: %r (reference %r)", prediction, reference)
+    return metrics

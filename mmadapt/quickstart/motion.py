@@ -1,0 +1,106 @@
+"""Generated video QA: a coloured square moving across a dark frame, in real encoded mp4 files (PyAV).
+
+Questions: which way it moves (left / right / up / down), whether it changes colour (yes / no),
+and its colour at the end. One-word answers, so exact match is the metric.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40)}
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+QUESTIONS = {
+    "direction": ["which way does the square move?", "in which direction does the square go?"],
+    "change": ["does the square change colour?", "is there a colour change?"],
+    "final": ["what colour is the square at the end?", "which colour does the square end with?"],
+}
+CODECS = ("libx264", "h264", "mpeg4")  # first one this FFmpeg build can encode
+
+
+def pick_codec() -> str:
+    import av
+
+    for codec in CODECS:
+        if codec in av.codecs_available:
+            try:
+                av.codec.Codec(codec, "w")
+                return codec
+            except (av.error.FFmpegError, ValueError):
+                continue
+    raise RuntimeError(f"this PyAV build can encode none of {', '.join(CODECS)}")
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 8, codec: str | None = None,
+                pix_fmt: str = "yuv420p") -> None:
+    """Encode `frames` (H x W x 3 uint8, even H and W for yuv420p) into a video file with PyAV."""
+    import av
+
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec or pick_codec(), rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush the encoder's delayed frames
+            container.mux(packet)
+
+
+def make_clip(rng: random.Random, kind: str, size: int = 32, num_frames: int = 8, square: int = 8,
+              step: int = 2) -> tuple[list[np.ndarray], str]:
+    """The frames of one clip and the answer to a question of `kind`."""
+    direction = rng.choice(list(DIRECTIONS))
+    dx, dy = DIRECTIONS[direction]
+    travel = step * (num_frames - 1)
+    # Start where the whole path stays inside the frame; the cross-axis position is random.
+    lo, hi = 0, size - square
+    x0 = rng.randint(lo + travel, hi) if dx < 0 else rng.randint(lo, hi - travel) if dx > 0 else rng.randint(lo, hi)
+    y0 = rng.randint(lo + travel, hi) if dy < 0 else rng.randint(lo, hi - travel) if dy > 0 else rng.randint(lo, hi)
+    start_colour = rng.choice(list(COLOURS))
+    changes = kind != "change" or rng.random() < 0.5  # "final" and "direction" clips always change; "change" half
+    end_colour = rng.choice([c for c in COLOURS if c != start_colour]) if changes else start_colour
+    switch = rng.randint(2, num_frames - 2)  # first frame with the new colour: never the first or last
+    background = np.array([rng.randint(0, 30)] * 3, dtype=np.uint8)
+    frames = []
+    for i in range(num_frames):
+        frame = np.empty((size, size, 3), dtype=np.uint8)
+        frame[:] = background
+        x, y = x0 + dx * step * i, y0 + dy * step * i
+        frame[y:y + square, x:x + square] = COLOURS[end_colour if i >= switch else start_colour]
+        frames.append(frame)
+    answer = {"direction": direction, "change": "yes" if changes else "no", "final": end_colour}[kind]
+    return frames, answer
+
+
+def generate(out_dir: str | Path, seed: int = 0, n_train: int = 1500, n_eval: int = 150, size: int = 32,
+             num_frames: int = 8, fps: int = 8, kinds: list[str] | None = None) -> None:
+    """Write videos/ (mp4), train.jsonl, eval.jsonl (LLaVA format with a `video` field) and tokenizer/ into `out_dir`."""
+    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+
+    kinds = list(kinds or QUESTIONS)
+    for kind in kinds:
+        if kind not in QUESTIONS:
+            raise ValueError(f"unknown question kind {kind!r}; valid: {', '.join(QUESTIONS)}")
+    if size % 2 or size < 16:
+        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    codec = pick_codec()
+    for split, n in (("train", n_train), ("eval", n_eval)):
+        with (out / f"{split}.jsonl").open("w") as f:
+            for i in range(n):
+                kind = kinds[i % len(kinds)]
+                frames, answer = make_clip(rng, kind, size=size, num_frames=num_frames)
+                name = f"videos/{split}-{i:05d}.mp4"
+                write_video(out / name, frames, fps=fps, codec=codec)
+                record = {"id": f"{split}-{i}", "video": name, "conversations": [
+                    {"from": "human", "value": f"<video>\n{rng.choice(QUESTIONS[kind])}"}, {"from": "gpt", "value": answer}]}
+                f.write(json.dumps(record) + "\n")
+    words = [q for qs in QUESTIONS.values() for q in qs] + list(COLOURS) + list(DIRECTIONS) + ["yes", "no"]
+    train_word_tokenizer(words, out / "tokenizer", extra_tokens=["<video>"])

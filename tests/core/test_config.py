@@ -1,0 +1,75 @@
+"""Config loading: strict keys and types, overrides, interpolation, stages."""
+
+import pytest
+
+from mmadapt.config import RunConfig, TrainingConfig, from_dict, load, load_run, stage_configs
+from mmadapt.errors import ConfigError
+
+BASE = {
+    "model": {"llm": {"name_or_path": "some/model"}},
+    "data": {"train": "train.jsonl"},
+    "output_dir": "runs/x",
+}
+
+
+def test_unknown_key_names_path_valid_keys_and_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load(RunConfig, {**BASE, "training": {"lrr": 1e-3}})
+    msg = str(e.value)
+    assert "training.lrr" in msg and "did you mean 'lr'" in msg and "batch_size" in msg
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"training\.batch_size: expected an integer"):
+        load(RunConfig, {**BASE, "training": {"batch_size": "eight"}})
+    with pytest.raises(ConfigError, match=r"training\.scheduler: 'cosin' is not valid"):
+        load(RunConfig, {**BASE, "training": {"scheduler": "cosin"}})
+
+
+def test_int_accepted_for_float_and_overrides_are_typed():
+    cfg = load(RunConfig, BASE, ["training.lr=1e-4", "training.batch_size=4", "training.train_modules=[llm]"])
+    assert cfg.training.lr == 1e-4 and cfg.training.batch_size == 4 and cfg.training.train_modules == ["llm"]
+    assert from_dict(TrainingConfig, {"lr": 1}).lr == 1.0
+    with pytest.raises(ConfigError, match="training.batch_size"):
+        load(RunConfig, BASE, ["training.batch_size=abc"])
+
+
+def test_validation_in_post_init_is_reported_with_the_section():
+    with pytest.raises(ConfigError, match="exactly one of llm.name_or_path"):
+        load(RunConfig, {**BASE, "model": {"llm": {}}})
+    with pytest.raises(ConfigError, match="every encoder needs a connector"):
+        load(RunConfig, {**BASE, "model": {"llm": {"name_or_path": "m"}, "encoders": {"image": {"name": "timm"}}}})
+
+
+def test_interpolation_and_yaml_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {llm: {name_or_path: m}}\noutput_dir: out/a\ndata: {train: '${output_dir}/train.jsonl'}\n")
+    cfg = load(RunConfig, path, ["output_dir=elsewhere"])
+    assert cfg.data.train == "elsewhere/train.jsonl"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {llm: {name_or_path: m}}\ndata: {train: '${nope.key}'}\n")
+    with pytest.raises(ConfigError, match=r"nope\.key"):
+        load(RunConfig, bad)
+
+
+def test_registry_parts_validated_at_load():
+    raw = {**BASE, "model": {"llm": {"name_or_path": "m"}, "encoders": {"image": {"name": "timm", "layerr": -2}},
+                             "connectors": {"image": {"name": "mlp"}}}}
+    with pytest.raises(ConfigError, match=r"model\.encoders\.image\.layerr.*did you mean 'layer'"):
+        load_run(raw)
+    raw["model"]["encoders"]["image"] = {"name": "timmm"}
+    with pytest.raises(ConfigError, match="unknown encoder 'timmm'.*did you mean 'timm'.*valid: "):
+        load_run(raw)
+
+
+def test_stages_expand_to_full_configs():
+    raw = {**BASE, "training": {"lr": 1e-3}, "stages": [
+        {"name": "align", "training": {"train_modules": ["connectors"]}},
+        {"name": "tune", "training": {"train_modules": ["llm"], "lr": 5e-4}},
+    ]}
+    stages = stage_configs(load(RunConfig, raw))
+    assert [n for n, _ in stages] == ["align", "tune"]
+    assert stages[0][1].training.lr == 1e-3 and stages[1][1].training.lr == 5e-4
+    assert stages[1][1].output_dir.endswith("x/tune")
+    with pytest.raises(ConfigError, match=r"stages\[0\].*training.epochz"):
+        stage_configs(load(RunConfig, {**BASE, "stages": [{"name": "a", "training": {"epochz": 1}}]}))

@@ -1,0 +1,123 @@
+"""The trainer: it learns, freezing holds, outputs are complete, a killed run resumes to the same weights."""
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmadapt.config import load_run
+from mmadapt.lineage import read_manifest, verify
+from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
+from mmadapt.train.run import train
+
+
+def run_config(tmp_path, **training):
+    data = tmp_path / "data"
+    return {
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "model": {
+            "llm": {"config": tiny_llm_config("llama", hidden=32, heads=2), "tokenizer": f"{data}/tokenizer"},
+            "encoders": {"image": tiny_vit_encoder(image_size=16, patch_size=8, width=32, depth=1)},
+            "connectors": {"image": {"name": "mlp"}},
+        },
+        "data": {"generate": {"name": "shapes", "out": str(data), "n_train": 48, "n_eval": 16, "image_size": 16},
+                 "train": f"{data}/train.jsonl", "eval": f"{data}/eval.jsonl", "max_length": 48},
+        "training": {"batch_size": 8, "lr": 3e-3, "logging_steps": 1, "train_modules": ["connectors", "llm"],
+                     "warmup_ratio": 0.0, **training},
+    }
+
+
+def weights(out):
+    state = load_file(str(out / "multimodal.safetensors"))
+    state.update({f"llm.{k}": v for k, v in load_file(str(out / "llm" / "model.safetensors")).items()})
+    return state
+
+
+def test_training_learns_freezes_and_writes_everything(tmp_path):
+    from mmadapt.model import MultimodalLM
+
+    from mmadapt.data.loading import generate_data
+
+    cfg = load_run(run_config(tmp_path, max_steps=12, lr=1e-2))
+    generate_data(cfg.data)
+    torch.manual_seed(0)
+    before = MultimodalLM.from_config(cfg.model)  # same seed as train(): identical initial weights
+    metrics = train(cfg)
+    out = tmp_path / "run"
+    for name in ("config.yaml", "metrics.json", "log.jsonl", "loss.png", "manifest.json", "mmadapt_model.yaml"):
+        assert (out / name).is_file(), name
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert sum(losses[-3:]) / 3 < losses[0] * 0.85, losses
+    assert metrics["train_tokens_per_second"] > 0 and "eval_loss" in metrics
+    after = weights(out)
+    init = {f"encoders.{k}": v for k, v in before.encoders.state_dict().items()}
+    init.update({f"connectors.{k}": v for k, v in before.connectors.state_dict().items()})
+    assert all(torch.equal(after[k], v) for k, v in init.items() if k.startswith("encoders."))  # frozen
+    assert all(not torch.equal(after[k], v) for k, v in init.items() if k.startswith("connectors."))  # trained
+    manifest = read_manifest(out)
+    assert manifest["kind"] == "training" and "llm/model.safetensors" in manifest["files"]
+    assert verify(out) == []
+
+
+def _killed_run(raw, kill_at):
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.set_num_threads(1)
+    train(load_run(raw), callbacks=[Kill()])
+
+
+def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
+    reference = run_config(tmp_path / "a", max_steps=8, save_steps=2)
+    train(load_run(reference))
+    interrupted = {**run_config(tmp_path / "a", max_steps=8, save_steps=2), "output_dir": str(tmp_path / "b" / "run")}
+    proc = mp.get_context("fork").Process(target=_killed_run, args=(interrupted, 5))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == -signal.SIGKILL
+    out = tmp_path / "b" / "run"
+    assert not (out / "manifest.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-4"]
+    with pytest.raises(Exception, match="--resume"):
+        train(load_run(interrupted))  # a partial run is never silently overwritten
+    train(load_run(interrupted), resume=True)
+    a, b = weights(tmp_path / "a" / "run"), weights(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_cli_train_with_overrides_and_bad_key_exit_codes(tmp_path):
+    import yaml
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(run_config(tmp_path, max_steps=2)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "mmadapt.cli", "train", str(path), "--set", "training.lr=1e-4"],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["training"]["lr"] == 1e-4
+    bad = subprocess.run([sys.executable, "-m", "mmadapt.cli", "train", str(path), "--set", "training.lrr=1"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "training.lrr" in bad.stderr and "did you mean 'lr'" in bad.stderr
+    lineage = subprocess.run([sys.executable, "-m", "mmadapt.cli", "lineage", str(tmp_path / "run"), "--verify"],
+                             capture_output=True, text=True, env=env)
+    assert lineage.returncode == 0 and "verify: OK" in lineage.stdout
+    image = next((tmp_path / "data" / "images").iterdir())
+    gen = subprocess.run([sys.executable, "-m", "mmadapt.cli", "generate", "--model", str(tmp_path / "run"),
+                          "--image", str(image), "what colour is the shape?", "--max-new-tokens", "3"],
+                         capture_output=True, text=True, env=env)
+    assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr[-2000:]
