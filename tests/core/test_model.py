@@ -97,3 +97,20 @@ def test_save_and_load_round_trip(make_model_config, image_files, tmp_path, fami
     assert "<image>" in AutoTokenizer.from_pretrained(tmp_path / "ckpt" / "llm").get_vocab()
     ids = torch.tensor([word_ids(model)[:3]])
     torch.testing.assert_close(plain(input_ids=ids).logits, model.llm(input_ids=ids).logits)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(make_model_config, image_files):
+    model = MultimodalLM.from_config(make_model_config("llama")).train()
+    batch = ConversationCollator(model)([_example(model, word_ids(model)[:4], 1, image_files)])
+
+    def grads():
+        model.zero_grad()
+        model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, media=batch["media"]).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and any(k.startswith("connectors.") for k in plain)
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
