@@ -279,6 +279,7 @@ class DataConfig:
     chat_template: str | None = None  # a Jinja template; default: the tokenizer's, else mmadapt's ChatML default
     generate: dict[str, Any] | None = None  # {name: shapes, out: DIR, **kwargs}: generated data written to `out`
     retrieval: dict[str, Any] | None = None  # retrieval-augmented examples (mmadapt.rag.augment)
+    feature_cache: str | None = None  # a directory: frozen encoders' features computed once, reused by epochs and stages
 
     def __post_init__(self) -> None:
         if self.max_length < 8:

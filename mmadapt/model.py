@@ -69,6 +69,16 @@ def load_llm(llm: LLMConfig, vocab_size: int) -> nn.Module:
         raise ConfigError(f"model.llm.name_or_path: cannot load {llm.name_or_path!r}: {e}") from e
 
 
+class EncodedMedia:
+    """Items already encoded (a frozen encoder's cached features [n, N, D]): the model applies only the connector."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
 class MultimodalLM(nn.Module):
     """Encoders + connectors + causal LM. `media[modality]` holds the batch's items in placeholder order."""
 
@@ -81,6 +91,7 @@ class MultimodalLM(nn.Module):
         self.connectors = nn.ModuleDict(connectors)
         self.model_config = config
         self._placeholder_ids = {m: tokenizer.convert_tokens_to_ids(PLACEHOLDERS[m]) for m in encoders}
+        self.feature_caches: dict[str, Any] = {}  # modality -> FeatureCache, set by a run with data.feature_cache
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -123,8 +134,12 @@ class MultimodalLM(nn.Module):
         return self.llm.get_input_embeddings().weight.device
 
     # ------------------------------------------------------------------ fusion
-    def encode(self, modality: str, items: torch.Tensor) -> torch.Tensor:
-        """Items [n, ...] -> LLM-space tokens [n, M, hidden]."""
+    def encode(self, modality: str, items: torch.Tensor | EncodedMedia) -> torch.Tensor:
+        """Items [n, ...] (or their cached features) -> LLM-space tokens [n, M, hidden]."""
+        connector = self.connectors[modality]
+        if isinstance(items, EncodedMedia):
+            param = next(connector.parameters())
+            return connector(items.features.to(device=param.device, dtype=param.dtype))  # [n, N, D] -> [n, M, H]
         encoder = self.encoders[modality]
         param = next(encoder.parameters(), None)
         if param is not None:

@@ -16,18 +16,30 @@ def pad(sequences: list[list[int]], value: int, left: bool = False) -> torch.Ten
     return torch.tensor(rows, dtype=torch.long)
 
 
-def collate_media(model: Any, examples: list[Example], skip_bad: bool = False) -> dict[str, torch.Tensor]:
-    """Preprocess every media item with its encoder; items stacked per modality in placeholder order."""
-    media: dict[str, list[torch.Tensor]] = {}
+def collate_media(model: Any, examples: list[Example]) -> dict[str, Any]:
+    """Preprocess every media item with its encoder; items stacked per modality in placeholder order.
+
+    A modality with a feature cache (`model.feature_caches`, frozen encoders) gets its cached features instead.
+    """
+    from mmadapt.model import EncodedMedia
+
+    caches = getattr(model, "feature_caches", {})
+    media: dict[str, Any] = {}
+    for modality, cache in caches.items():
+        items = [item for example in examples for item in example.media.get(modality, [])]
+        if items:
+            media[modality] = EncodedMedia(cache.get(items))
     for example in examples:
         for modality, items in example.media.items():
+            if modality in caches:
+                continue
             encoder = model.encoders[modality]
             for item in items:
                 try:
                     media.setdefault(modality, []).append(encoder.preprocess(item))
                 except DataError as e:
                     raise DataError(f"{example.where}: {e}") from e
-    return {m: torch.stack(tensors) for m, tensors in media.items()}
+    return {m: v if m in caches else torch.stack(v) for m, v in media.items()}
 
 
 class ConversationCollator:

@@ -150,6 +150,8 @@ def train_stage(config: RunConfig, resume: bool = False, callbacks: list | None 
         model.llm.config.use_cache = False
     objective = build_objective(config)
     train_data, eval_data, collator, data_stats = load_data(model, config.data)
+    if config.data.feature_cache:
+        attach_feature_caches(model, config.data.feature_cache, train_data + (eval_data or []))
     if hasattr(objective, "prepare"):
         objective.prepare(model, train_data + (eval_data or []))  # eval pairs may need reference log-probs too
     logger.info("data: %d train / %s eval examples %s", len(train_data), len(eval_data) if eval_data else 0,
@@ -185,6 +187,22 @@ def train_stage(config: RunConfig, resume: bool = False, callbacks: list | None 
     if trainer.args.should_save:
         save_outputs(trainer, model, config, out, metrics, stage)
     return metrics
+
+
+def attach_feature_caches(model: Any, directory: str, examples: list) -> None:
+    """Frozen encoders read their features from an on-disk cache (filled now, reused by later epochs and stages)."""
+    from mmadapt.data.feature_cache import FeatureCache
+
+    for modality, encoder in model.encoders.items():
+        if any(p.requires_grad for p in encoder.parameters()):
+            logger.info("feature cache: the %s encoder trains in this stage; encoding on the fly", modality)
+            continue
+        cache = FeatureCache(directory, encoder)
+        items = [item for e in examples for item in getattr(e, "media", {}).get(modality, [])]
+        encoded = cache.warm(items, desc=f"feature cache ({modality})")
+        logger.info("feature cache %s: %d %s items encoded now, %d already cached", cache.root, encoded, modality,
+                    len(set(map(str, items))) - encoded)
+        model.feature_caches[modality] = cache
 
 
 def save_outputs(trainer: Any, model: Any, config: RunConfig, out: Path, metrics: dict[str, float], stage: str) -> None:

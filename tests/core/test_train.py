@@ -121,3 +121,22 @@ def test_cli_train_with_overrides_and_bad_key_exit_codes(tmp_path):
                           "--image", str(image), "what colour is the shape?", "--max-new-tokens", "3"],
                          capture_output=True, text=True, env=env)
     assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr[-2000:]
+
+
+def test_feature_cache_gives_the_same_training_and_is_reused(tmp_path):
+    raw = run_config(tmp_path, max_steps=3)
+    raw["data"].pop("eval")
+    train(load_run(raw))
+    plain = weights(tmp_path / "run")
+    cached_cfg = {**raw, "output_dir": str(tmp_path / "cached"), "data": {**raw["data"], "feature_cache": str(tmp_path / "fc")}}
+    train(load_run(cached_cfg))
+    for key, value in weights(tmp_path / "cached").items():
+        torch.testing.assert_close(value, plain[key], rtol=1e-5, atol=1e-6, msg=key)
+    entries = list((tmp_path / "fc").rglob("*.safetensors"))
+    from mmadapt.io import sha256_file
+
+    distinct = {sha256_file(p) for p in (tmp_path / "data" / "images").glob("train-*.png")}
+    assert len(entries) == len(distinct)  # every distinct training image encoded once
+    mtimes = {p: p.stat().st_mtime_ns for p in entries}
+    train(load_run({**cached_cfg, "output_dir": str(tmp_path / "again")}))  # a later stage / run reuses them
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fc").rglob("*.safetensors")} == mtimes
