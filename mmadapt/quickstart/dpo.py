@@ -2,7 +2,8 @@
 
 Pairs come from the shapes data: the question about an image, the correct answer chosen and a
 plausible wrong one (another colour, shape, corner or count) rejected. Training pairs use the
-training images; held-out pairs use the eval images, which also give the exact-match accuracy.
+training images (each against every wrong answer of its kind); held-out pairs use the eval images
+(one wrong answer drawn at random), which also give the exact-match accuracy.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def answer_kinds() -> list[tuple[str, ...]]:
     return [tuple(COLOURS), tuple(SHAPES), tuple(CELLS), tuple(COUNTS.values())]
 
 
-def preference_pairs(records: list[tuple[str, dict[str, Any]]], seed: int) -> list[dict[str, Any]]:
-    """One {id, image, prompt, chosen, rejected} pair per shapes QA record."""
+def preference_pairs(records: list[tuple[str, dict[str, Any]]], every_wrong: bool, seed: int = 0) -> list[dict[str, Any]]:
+    """{id, image, prompt, chosen, rejected} pairs: the answer against every wrong answer of its kind, or one at random."""
     rng = random.Random(seed)
     kinds = answer_kinds()
     pairs = []
@@ -40,14 +41,16 @@ def preference_pairs(records: list[tuple[str, dict[str, Any]]], seed: int) -> li
         kind = next((k for k in kinds if answer in k), None)
         if kind is None:
             raise ConfigError(f"{where}: answer {answer!r} is not a shapes answer; regenerate the vlm quickstart data")
-        wrong = rng.choice([a for a in kind if a != answer])
-        pairs.append({"id": record.get("id", where), "image": record["image"], "prompt": question,
-                      "chosen": answer, "rejected": wrong})
+        wrong = [a for a in kind if a != answer]
+        for rejected in wrong if every_wrong else [rng.choice(wrong)]:
+            pairs.append({"id": record.get("id", where), "image": record["image"], "prompt": question,
+                          "chosen": answer, "rejected": rejected})
     return pairs
 
 
 def write_pairs(data_dir: Path, out: Path, seed: int) -> None:
-    """out/train.jsonl and out/eval.jsonl (image paths relative to the vlm data folder), written once."""
+    """out/train.jsonl (every wrong answer per training image) and out/eval.jsonl (one random wrong answer per
+    held-out image); image paths stay relative to the vlm data folder. Written once."""
     from mmadapt.data.records import read_records
     from mmadapt.io import atomic_directory
 
@@ -55,7 +58,7 @@ def write_pairs(data_dir: Path, out: Path, seed: int) -> None:
         return
     with atomic_directory(out) as tmp:
         for split in ("train", "eval"):
-            pairs = preference_pairs(read_records(data_dir / f"{split}.jsonl"), seed)
+            pairs = preference_pairs(read_records(data_dir / f"{split}.jsonl"), every_wrong=split == "train", seed=seed)
             (tmp / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 
 
