@@ -164,11 +164,15 @@ def check_tokenizers(reference: ModelInput, inputs: list[ModelInput]) -> None:
     def vocab(inp: ModelInput) -> dict[str, int] | None:
         if inp.llm_dir is None or not any((inp.llm_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             return None
-        from transformers import AutoTokenizer
-
         try:
+            if (inp.llm_dir / "tokenizer.json").is_file():  # a fast tokenizer: read without importing transformers
+                from tokenizers import Tokenizer
+
+                return Tokenizer.from_file(str(inp.llm_dir / "tokenizer.json")).get_vocab(with_added_tokens=True)
+            from transformers import AutoTokenizer
+
             return AutoTokenizer.from_pretrained(str(inp.llm_dir)).get_vocab()
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - tokenizers and transformers raise many types for bad files
             raise DataError(f"{inp.label}: cannot load its tokenizer from {inp.llm_dir}: {e}") from e
 
     ref = vocab(reference)

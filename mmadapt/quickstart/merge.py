@@ -1,9 +1,10 @@
 """`mmadapt quickstart merge`: one tiny base, two specialists fine-tuned apart, merged into one model by each method.
 
 1. Two generated tasks in disjoint prompt formats and vocabularies: A "the capital of <country> is
-   <city> ." and B "the <animal> makes the sound <sound> .", 40 made-up facts each.
-2. A tiny Llama is pretrained with `mmadapt train` on both formats with random answers (it learns
-   the formats and the word classes, not the facts): the shared base.
+   <city> ." and B "the <animal> makes the sound <sound> .", 20 made-up facts each.
+2. A tiny Llama is pretrained with `mmadapt train` on both formats: the task subjects with random
+   answers (the words and formats, not the facts) and 40 other facts per format (a recall circuit
+   the specialists can reuse): the shared base.
 3. Specialist A and specialist B are fine-tuned from the base (`model.init_from`, small LR), each
    on its own task only.
 4. Both are merged by every method (`mmadapt.merge.run_merge`, streamed, with lineage), and every
@@ -27,18 +28,20 @@ from mmadapt.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-N_FACTS = 40
+N_FACTS = 20  # per task: what the specialists learn (more facts per tiny model: more interference when merged)
+N_KNOWN = 40  # per task: other facts of the same format the base learns, so it has a recall circuit to reuse
+KNOWN_REPEATS = 4
+RANDOM_ANSWERS = 4  # pretraining lines per task subject, each with a random answer: the words, not the facts
 TEMPLATES = {"a": "the capital of {} is {} .", "b": "the {} makes the sound {} ."}
-BASE_SAMPLES_PER_SUBJECT = 8  # random answers per subject in pretraining: the format without the facts
 
 # method -> merge config (base_model and models filled in); tuned once for this task, shown as examples
 METHODS: dict[str, dict[str, Any]] = {
     "linear": {"method": "linear"},
     "slerp": {"method": "slerp", "parameters": {"t": 0.5}},
-    "task_arithmetic": {"method": "task_arithmetic", "parameters": {"scaling": 1.0}},
-    "ties": {"method": "ties", "parameters": {"density": 0.4, "scaling": 1.0}},
-    "dare_linear": {"method": "dare_linear", "parameters": {"density": 0.5, "scaling": 1.0}},
-    "dare_ties": {"method": "dare_ties", "parameters": {"density": 0.5, "scaling": 1.0}},
+    "task_arithmetic": {"method": "task_arithmetic", "parameters": {"scaling": 0.8}},
+    "ties": {"method": "ties", "parameters": {"density": 0.5, "scaling": 1.0, "normalize": False}},
+    "dare_linear": {"method": "dare_linear", "parameters": {"density": 0.7, "scaling": 0.8}},
+    "dare_ties": {"method": "dare_ties", "parameters": {"density": 0.7, "scaling": 1.0, "normalize": False}},
 }
 
 
@@ -54,21 +57,21 @@ def _words(rng: random.Random, count: int, taken: set[str]) -> list[str]:
     return words
 
 
-def make_tasks(seed: int) -> tuple[dict[str, list[tuple[str, str]]], list[str], dict[str, list[str]]]:
-    """({task: [(prompt, answer)]}, pretraining lines, {task: answer words})."""
+def make_tasks(seed: int) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """({task: [(prompt, answer)]}, pretraining lines)."""
     rng = random.Random(seed)
     taken = {w for t in TEMPLATES.values() for w in t.split()}
-    tasks, answers, base_lines = {}, {}, []
+    tasks, base_lines = {}, []
     for task, template in TEMPLATES.items():
-        subjects, objects = _words(rng, N_FACTS, taken), _words(rng, N_FACTS, taken)
+        subjects, objects, known = _words(rng, N_FACTS, taken), _words(rng, N_FACTS, taken), _words(rng, N_KNOWN, taken)
         truth = objects[:]
         rng.shuffle(truth)
         prompt = template.rsplit(" {} .", 1)[0]
         tasks[task] = [(prompt.format(s), o) for s, o in zip(subjects, truth)]
-        answers[task] = objects
-        base_lines += [template.format(s, rng.choice(objects)) for s in subjects for _ in range(BASE_SAMPLES_PER_SUBJECT)]
+        base_lines += [template.format(s, rng.choice(objects)) for s in subjects for _ in range(RANDOM_ANSWERS)]
+        base_lines += [template.format(s, rng.choice(objects)) for s in known] * KNOWN_REPEATS
     rng.shuffle(base_lines)
-    return tasks, base_lines, answers
+    return tasks, base_lines
 
 
 @torch.no_grad()
@@ -86,7 +89,7 @@ def accuracy(model: torch.nn.Module, tokenizer: Any, facts: list[tuple[str, str]
 
 
 def _train(out: Path, lines: list[str], tokenizer_dir: Path, init_from: Path | None, seed: int, epochs: float,
-           lr: float) -> Path:
+           lr: float, batch_size: int) -> Path:
     """One `mmadapt train` run of a tiny Llama on text lines (loss on every token); returns the checkpoint."""
     from mmadapt.config import load_run
     from mmadapt.quickstart.tiny import tiny_llm_config
@@ -95,11 +98,11 @@ def _train(out: Path, lines: list[str], tokenizer_dir: Path, init_from: Path | N
     data = out.with_suffix(".jsonl")
     atomic_write_text(data, "".join(json.dumps({"text": line}) + "\n" for line in lines))
     config = load_run({
-        "model": {"llm": {"config": tiny_llm_config("llama", hidden=64, layers=2, heads=4, max_positions=32),
+        "model": {"llm": {"config": tiny_llm_config("llama", hidden=128, layers=2, heads=4, max_positions=32),
                           "tokenizer": str(tokenizer_dir)},
                   "init_from": str(init_from) if init_from else None},
         "data": {"train": str(data), "format": "text", "max_length": 16},
-        "training": {"epochs": epochs, "batch_size": 16, "lr": lr, "warmup_ratio": 0.05, "scheduler": "cosine",
+        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": 0.05, "scheduler": "cosine",
                      "train_modules": ["llm"], "logging_steps": 50, "precision": "fp32", "weight_decay": 0.0},
         "objective": {"name": "sft"}, "seed": seed, "output_dir": str(out),
     })
@@ -133,25 +136,35 @@ def print_table(rows: dict[str, dict[str, float]], specialists: dict[str, float]
 def run(out: Path, connector: str | None = None, seed: int = 0) -> dict[str, float]:
     """Pretrain, fine-tune two specialists, merge with every method, evaluate; writes out/metrics.json."""
     from mmadapt.errors import ConfigError
-    from mmadapt.merge.merge import load_merge_config, run_merge
-    from mmadapt.quickstart.tokenizer import train_word_tokenizer
 
     if connector is not None:
         raise ConfigError("the merge quickstart is text-only; --connector does not apply")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    tasks, base_lines, _ = make_tasks(seed)
-    tokenizer_dir = out / "tokenizer"
-    train_word_tokenizer(base_lines, tokenizer_dir)
+    threads = torch.get_num_threads()
+    # one thread: at hidden 128 intra-op parallelism costs more than it gives (10x slower on a busy 2-core box)
+    torch.set_num_threads(1)
+    try:
+        return _run(out, seed, start)
+    finally:
+        torch.set_num_threads(threads)
 
-    base = _train(out / "base", base_lines, tokenizer_dir, None, seed, epochs=30, lr=3e-3)
-    specialists = {
-        task: _train(out / f"model_{task}", [f"{p} {a} ." for p, a in facts], tokenizer_dir, base, seed + 1 + i,
-                     epochs=40, lr=1e-3)
-        for i, (task, facts) in enumerate(tasks.items())
-    }
+
+def _run(out: Path, seed: int, start: float) -> dict[str, float]:
+    from mmadapt.merge.merge import load_merge_config, run_merge
+    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+
+    torch.manual_seed(seed)
+    tasks, base_lines = make_tasks(seed)
+    fact_lines = {task: [f"{p} {a} ." for p, a in facts] for task, facts in tasks.items()}
+    tokenizer_dir = out / "tokenizer"
+    train_word_tokenizer(base_lines + fact_lines["a"] + fact_lines["b"], tokenizer_dir)
+
+    base = _train(out / "base", base_lines, tokenizer_dir, None, seed, epochs=20, lr=3e-3, batch_size=32)
+    specialists = {task: _train(out / f"model_{task}", lines, tokenizer_dir, base, seed + 1 + i, epochs=60, lr=1e-3,
+                                batch_size=8)
+                   for i, (task, lines) in enumerate(fact_lines.items())}
     rows = {"base": evaluate(base, tasks), **{f"model_{t}": evaluate(c, tasks) for t, c in specialists.items()}}
     best = {t: max(rows[f"model_{t}"][t], 1e-9) for t in tasks}
 
