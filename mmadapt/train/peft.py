@@ -212,7 +212,8 @@ def save_peft_llm(llm: Any, llm_dir: str | Path, adapter_dir: str | Path) -> Non
         if not is_adapter_parameter(key)
     }
     base.save_pretrained(str(llm_dir), state_dict=clean, safe_serialization=True)
-    llm.save_pretrained(str(adapter_dir), safe_serialization=True)
+    # The base (resized embeddings and head included) is saved beside the adapter, so peft need not copy them in.
+    llm.save_pretrained(str(adapter_dir), safe_serialization=True, save_embedding_layers=False)
 
 
 def export(model_dir: str | Path, out: str | Path, merge: bool = True) -> Path:
