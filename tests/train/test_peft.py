@@ -193,3 +193,10 @@ def test_text_only_sft_then_dpo_with_lora(tok, tmp_path):
         assert key in saved, key
     assert metrics["eval_preference_accuracy"] >= 0.9 and metrics["eval_rewards_margin"] > 0
     assert (tmp_path / "dpo" / "llm_adapter").is_dir()
+
+
+def test_dpo_example_config_is_valid():
+    from pathlib import Path
+
+    config = load_run(Path(__file__).parents[2] / "examples" / "dpo_lora.yaml")
+    assert config.objective["name"] == "dpo" and config.peft.r == 16 and config.data.format == "preference"
