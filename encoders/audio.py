@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mmadapt.encoders.base import BaseEncoder
+from mmadapt.encoders.positions import sinusoidal_embedding
 from mmadapt.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -38,12 +39,13 @@ def describe_raw(raw: Any) -> str:
     return f"<in-memory {type(raw).__name__}>"
 
 
-def load_audio(raw: Any, sample_rate: int) -> torch.Tensor:
+def load_audio(raw: Any, sample_rate: int, resamplers: dict[int, Any] | None = None) -> torch.Tensor:
     """One item as a mono float32 waveform `[T]` at `sample_rate`.
 
     `raw`: a file path, the file's bytes, `(array, rate)`, `{"array", "sampling_rate"}` (HF datasets),
     or a 1-D array / tensor already at `sample_rate`. Errors (missing, corrupt, zero-length or
-    non-finite audio) are DataErrors naming the file.
+    non-finite audio) are DataErrors naming the file. `resamplers` (source rate -> torchaudio
+    Resample) keeps each rate pair's sinc kernel, which costs ten times the resampling itself.
     """
     import soundfile as sf
 
@@ -79,9 +81,12 @@ def load_audio(raw: Any, sample_rate: int) -> torch.Tensor:
     if rate <= 0:
         raise DataError(f"audio {name}: invalid sample rate {rate}")
     if rate != sample_rate:
-        import torchaudio.functional as AF
+        import torchaudio.transforms as AT
 
-        wave = AF.resample(wave, rate, sample_rate)
+        resamplers = {} if resamplers is None else resamplers
+        if rate not in resamplers:
+            resamplers[rate] = AT.Resample(rate, sample_rate)
+        wave = resamplers[rate](wave)
     return wave
 
 
@@ -124,9 +129,10 @@ class AudioEncoder(BaseEncoder):
         self.hidden_size = int(hidden_size)
         self.num_features = self.config.num_windows * self.tokens_per_window
         self._warned_truncation = False
+        self._resamplers: dict[int, Any] = {}  # source rate -> Resample (plain dict: not submodules, stays on the CPU)
 
     def preprocess(self, raw: Any) -> torch.Tensor:
-        wave = load_audio(raw, self.sample_rate)
+        wave = load_audio(raw, self.sample_rate, self._resamplers)
         windows, truncated = split_windows(wave, self.window_samples, self.config.num_windows)
         if truncated:
             budget = self.window_samples * self.config.num_windows / self.sample_rate
@@ -371,7 +377,7 @@ class LogMel:
 
 
 class TinyAudioEncoder(AudioEncoder):
-    """Two strided 1-D convolutions over log-mels, learned positions, a small pre-norm transformer."""
+    """Two strided 1-D convolutions over log-mels, sinusoidal positions, a small pre-norm transformer."""
 
     config_class = TinyAudioConfig
 
@@ -386,7 +392,8 @@ class TinyAudioEncoder(AudioEncoder):
         s1, s2 = config.conv_strides
         self.conv1 = nn.Conv1d(config.n_mels, config.width, kernel_size=3, stride=s1, padding=1)
         self.conv2 = nn.Conv1d(config.width, config.width, kernel_size=3, stride=s2, padding=1)
-        self.positions = nn.Parameter(torch.randn(tokens, config.width) * 0.02)
+        # Fixed sinusoidal positions (as Whisper): time stays visible in the features even when the encoder is frozen.
+        self.register_buffer("positions", sinusoidal_embedding(tokens, config.width), persistent=False)
         layer = nn.TransformerEncoderLayer(config.width, config.heads, dim_feedforward=2 * config.width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)

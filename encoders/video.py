@@ -25,6 +25,7 @@ from torch import nn
 
 from mmadapt import registry
 from mmadapt.encoders.base import BaseEncoder, load_image
+from mmadapt.encoders.positions import sinusoidal_embedding
 from mmadapt.errors import ConfigError, DataError
 
 
@@ -128,16 +129,6 @@ def decode_frames(raw: Any, num_frames: int, fps: float | None) -> list[Any]:
         raise DataError(f"video {describe(raw)} decoded to {len(frames)} of the {len(keep)} frames asked for "
                         f"(frame indices {wanted}); the file is truncated or corrupt")
     return [frames[i] for i in wanted]
-
-
-def sinusoidal_embedding(length: int, dim: int) -> torch.Tensor:
-    """Fixed sinusoidal positions `[length, dim]` (Vaswani et al.), so a frozen encoder still marks frame order."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]
-    rate = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(position * rate)
-    table[:, 1::2] = torch.cos(position * rate[: dim // 2])
-    return table
 
 
 class VideoEncoder(BaseEncoder):

@@ -16,7 +16,7 @@ import numpy as np
 
 # Pitch bands two octaves apart, so one band is never confused with another by a coarse mel front-end.
 BANDS = {"low": (180.0, 260.0), "middle": (700.0, 1000.0), "high": (2600.0, 3600.0)}
-COUNTS = {1: "one", 2: "two", 3: "three", 4: "four"}
+COUNTS = {1: "one", 2: "two", 3: "three"}
 QUESTIONS = {
     "pitch": ["is the tone low, middle or high?", "how high is the tone?"],
     "count": ["how many beeps are there?", "count the beeps."],
@@ -56,10 +56,11 @@ def make_clip(rng: random.Random, kind: str, rate: int, seconds: float = 1.0) ->
     elif kind == "count":
         n = rng.choice(list(COUNTS))
         freq = rng.uniform(*BANDS[rng.choice(list(BANDS))])
-        slot = seconds / 4  # one beep per quarter second at most, gaps of at least 0.4 slot: beeps never merge
-        length = rng.uniform(0.28, 0.32) * slot  # beeps of one length: the sound's duration grows with the count
-        for k in sorted(rng.sample(range(4), n)):
-            place(clip, tone([freq], length, rate), (k + rng.uniform(0.0, 0.2)) * slot, rate)
+        slots = len(COUNTS)
+        slot = seconds / slots  # at most one beep per slot, gaps of at least a third of a slot: beeps never merge
+        length = rng.uniform(0.45, 0.5) * slot  # beeps of one length: the sound's duration grows with the count
+        for k in sorted(rng.sample(range(slots), n)):
+            place(clip, tone([freq], length, rate), (k + rng.uniform(0.05, 0.15)) * slot, rate)
         answer = COUNTS[n]
     elif kind == "order":
         low, high = rng.uniform(*BANDS["low"]), rng.uniform(*BANDS["high"])
@@ -70,9 +71,10 @@ def make_clip(rng: random.Random, kind: str, rate: int, seconds: float = 1.0) ->
         place(clip, tone([second], length, rate), 0.5 + rng.uniform(0.0, 0.05), rate)
         answer = "up" if up else "down"
     elif kind == "chord":
-        root = rng.uniform(*BANDS[rng.choice(["low", "middle"])])
+        root = rng.uniform(*BANDS["middle"])
         chord = rng.random() < 0.5
-        freqs = [root, root * 2 ** (4 / 12), root * 2 ** (7 / 12)] if chord else [root]  # major triad
+        # An open major triad (root, fifth, the third an octave up): its notes fall in different mel bands.
+        freqs = [root, root * 2 ** (7 / 12), root * 2 ** (16 / 12)] if chord else [root]
         length = rng.uniform(0.5, 0.8)
         place(clip, tone(freqs, length, rate), rng.uniform(0.0, seconds - length), rate)
         answer = "chord" if chord else "single"
