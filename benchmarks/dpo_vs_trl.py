@@ -121,7 +121,8 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<10}{r['steps_per_second']:>10.2f}{r['loss']:>12.4f}")
     if "trl" in results:
-        print(f"ratio mmadapt / TRL (steps/s): {results['ours']['steps_per_second'] / results['trl']['steps_per_second']:.2f}")
+        ratio = results["ours"]["steps_per_second"] / results["trl"]["steps_per_second"]
+        print(f"ratio mmadapt / TRL (steps/s): {ratio:.2f}")
 
 
 if __name__ == "__main__":

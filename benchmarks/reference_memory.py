@@ -62,11 +62,13 @@ def child(strategy: str, root: Path, args: argparse.Namespace) -> dict:
     llm = {"model_type": "llama", "hidden_size": args.hidden, "num_hidden_layers": args.layers,
            "num_attention_heads": max(1, args.hidden // 64), "num_key_value_heads": max(1, args.hidden // 64),
            "intermediate_size": 4 * args.hidden, "max_position_embeddings": 512, "tie_word_embeddings": False}
-    model = MultimodalLM.from_config(from_dict(ModelConfig, {"llm": {"config": llm, "tokenizer": str(root / "tokenizer")}}))
+    spec = {"llm": {"config": llm, "tokenizer": str(root / "tokenizer")}}
+    model = MultimodalLM.from_config(from_dict(ModelConfig, spec))
     apply_peft(model, PeftConfig(r=16, alpha=32, dropout=0.0))
     apply_freezing(model, ["llm"])
     model.to(device)
-    examples, _ = read_preference_records(str(root / "pairs.jsonl"), model, DataConfig(format="preference", max_length=512), "d")
+    data_cfg = DataConfig(format="preference", max_length=512)
+    examples, _ = read_preference_records(str(root / "pairs.jsonl"), model, data_cfg, "d")
     collator = PreferenceCollator(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     if device == "cuda":

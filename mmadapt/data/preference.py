@@ -1,4 +1,4 @@
-"""Preference pairs `{prompt, chosen, rejected}` and KTO samples `{prompt, completion, label}`: checked, tokenised, collated.
+"""Preference pairs `{prompt, chosen, rejected}` and KTO samples `{prompt, completion, label}`: checked, tokenised.
 
 A prompt is a string (one user turn) or a list of turns (multi-turn, ending with a user turn);
 a completion is a string (or one assistant turn). Both go through the chat template: the prompt
@@ -99,7 +99,10 @@ class PreferenceTokenizer:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt(self, where: str, record: dict[str, Any]) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
+    def prompt(
+        self, where: str, record: dict[str, Any]
+    ) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
+        """A record's prompt: (chat messages, token ids with placeholders expanded, {modality: media paths})."""
         messages = prompt_messages(record.get("prompt"), where)
         ids = self._ids(render(self.tokenizer, messages, add_generation_prompt=True))
         media: dict[str, list[Path]] = {}
@@ -179,12 +182,15 @@ def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> Prefe
         chosen, rejected = chosen[:room], rejected[:room]
         if chosen == rejected:
             tok.stats.counts["dropped_identical_after_truncation"] += 1
-            logger.warning("%s: dropped, chosen and rejected are identical within max_length=%d", where, tok.cfg.max_length)
+            logger.warning("%s: dropped, chosen and rejected are identical within max_length=%d",
+                           where, tok.cfg.max_length)
             return None
     return PreferenceExample(where, prompt_ids, chosen, rejected, media)
 
 
-def read_preference_records(path: str, model: Any, data_cfg: DataConfig, stats_prefix: str) -> tuple[list[PreferenceExample], dict[str, float]]:
+def read_preference_records(
+    path: str, model: Any, data_cfg: DataConfig, stats_prefix: str
+) -> tuple[list[PreferenceExample], dict[str, float]]:
     """Tokenised preference pairs from a .json / .jsonl file and the data statistics (drops, truncations)."""
     tok = PreferenceTokenizer(model, data_cfg, path)
     examples = tok.build(read_records(path), lambda where, record: _pair(tok, where, record))
@@ -216,7 +222,9 @@ def _kl_partner(examples: list[KTOExample], i: int) -> KTOExample:
     return examples[(i + 1) % n]
 
 
-def read_kto_records(path: str, model: Any, data_cfg: DataConfig, stats_prefix: str) -> tuple[list[KTOExample], dict[str, float]]:
+def read_kto_records(
+    path: str, model: Any, data_cfg: DataConfig, stats_prefix: str
+) -> tuple[list[KTOExample], dict[str, float]]:
     """Tokenised KTO samples; each gets the completion of the next sample with another prompt as its fixed KL row."""
     tok = PreferenceTokenizer(model, data_cfg, path)
     examples = tok.build(read_records(path), lambda where, record: _kto(tok, where, record))
@@ -250,8 +258,8 @@ class PreferenceCollator:
 
     def __call__(self, examples: list[PreferenceExample]) -> dict[str, Any]:
         prompts = [e.prompt_ids for e in examples]
-        batch: dict[str, Any] = _rows(prompts * 2, [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples],
-                                      self.pad_id)
+        completions = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
+        batch: dict[str, Any] = _rows(prompts * 2, completions, self.pad_id)
         batch["ids"] = [e.where for e in examples]
         media = collate_media(self.model, examples)
         if media:
@@ -269,8 +277,8 @@ class KTOCollator:
 
     def __call__(self, examples: list[KTOExample]) -> dict[str, Any]:
         prompts = [e.prompt_ids for e in examples]
-        batch: dict[str, Any] = _rows(prompts * 2, [e.completion_ids for e in examples] +
-                                      [e.kl_completion_ids for e in examples], self.pad_id)
+        completions = [e.completion_ids for e in examples] + [e.kl_completion_ids for e in examples]
+        batch: dict[str, Any] = _rows(prompts * 2, completions, self.pad_id)
         batch["desirable"] = torch.tensor([e.desirable for e in examples], dtype=torch.bool)
         batch["ids"] = [e.where for e in examples]
         media = collate_media(self.model, examples)

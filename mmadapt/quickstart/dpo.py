@@ -31,8 +31,11 @@ def answer_kinds() -> list[tuple[str, ...]]:
     return [tuple(COLOURS), tuple(SHAPES), tuple(CELLS), tuple(COUNTS.values())]
 
 
-def preference_pairs(records: list[tuple[str, dict[str, Any]]], every_wrong: bool, seed: int = 0) -> list[dict[str, Any]]:
-    """{id, image, prompt, chosen, rejected} pairs: the answer against every wrong answer of its kind, or one at random."""
+def preference_pairs(
+    records: list[tuple[str, dict[str, Any]]], every_wrong: bool, seed: int = 0
+) -> list[dict[str, Any]]:
+    """{id, image, prompt, chosen, rejected} pairs: the answer against every wrong answer of its kind (or one, at
+    random)."""
     rng = random.Random(seed)
     kinds = answer_kinds()
     pairs = []

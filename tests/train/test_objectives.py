@@ -152,6 +152,29 @@ def test_media_encoded_once_per_pair_and_logps_match(task, tmp_path):
     assert torch.allclose(torch.cat([chosen.logps, rejected.logps]), expected, atol=1e-5)
 
 
+def test_ddp_wrapped_model_goes_through_its_forward(task, tmp_path):
+    """Under DDP the media are given once per row (only the wrapper's forward syncs gradients): same log-probs."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = build_model(vision_model_spec(task["tok"]))
+    names = write_images(tmp_path, 2)
+    write_jsonl(tmp_path / "mm.jsonl", [{"prompt": "<image>\nwhat colour is the apple ?", "image": name,
+                                         "chosen": "red .", "rejected": f"{c} ."} for name, c in zip(names, ["blue", "lime"])])
+    examples, _ = read_preference_records(str(tmp_path / "mm.jsonl"), model, DataConfig(format="preference"), "d")
+    batch = PreferenceCollator(model)(examples)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        chosen, rejected = pair_logps(wrapped, batch)
+        (chosen.logps.sum() - rejected.logps.sum()).backward()  # the reducer accepts the step
+    finally:
+        dist.destroy_process_group()
+    plain_chosen, plain_rejected = pair_logps(model, batch)
+    assert torch.allclose(chosen.logps, plain_chosen.logps, atol=1e-5)
+    assert torch.allclose(rejected.logps, plain_rejected.logps, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- reference strategies
 def _sums(model, batch):
     chosen, rejected = pair_logps(model, batch)

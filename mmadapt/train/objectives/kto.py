@@ -100,7 +100,8 @@ class KTOObjective:
         if desirable.any():
             metrics.update(rewards_chosen=rewards[desirable].mean().item(), logps_chosen=logps[desirable].mean().item())
         if (~desirable).any():
-            metrics.update(rewards_rejected=rewards[~desirable].mean().item(), logps_rejected=logps[~desirable].mean().item())
+            metrics.update(rewards_rejected=rewards[~desirable].mean().item(),
+                           logps_rejected=logps[~desirable].mean().item())
         if desirable.any() and (~desirable).any():
             metrics["rewards_margin"] = metrics["rewards_chosen"] - metrics["rewards_rejected"]
         return losses.mean(), metrics

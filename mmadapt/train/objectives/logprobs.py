@@ -1,9 +1,10 @@
 """Log-probabilities of completions under a model: the one forward every preference objective shares.
 
 Rows that share their prompts (chosen and rejected of a pair; a KTO completion and its mismatched
-KL row) arrive concatenated from the collator and go through the LLM in a single forward. Media are encoded once per prompt:
-the first group of rows is embedded with its media and every later group copies those embeddings
-at the placeholder positions, which sit at the same place because the prompt tokens are identical.
+KL row) arrive concatenated from the collator and go through the LLM in a single forward. Media are
+encoded once per prompt: the first group of rows is embedded with its media and every later group
+copies those embeddings at the placeholder positions, which sit at the same place because the
+prompt tokens are identical.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ class Completions:
     def mean_logps(self) -> torch.Tensor:
         """Length-normalised log-probability (SimPO, ORPO)."""
         return self.logps / self.tokens.clamp(min=1)
-
-    def detach(self) -> "Completions":
-        return Completions(self.logps.detach(), self.tokens)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> Completions:
@@ -66,7 +64,12 @@ def group_logps(model: Any, batch: dict[str, Any], groups: int) -> list[Completi
         raise ValueError(f"{rows} rows do not split into {groups} groups")
     size = rows // groups
     media = batch.get("media")
-    if media:
+    if media and hasattr(model, "module"):
+        # A DDP / FSDP wrapper syncs gradients only through its own forward, so no embed() shortcut:
+        # every group gets its prompts' media again (encoded once per row instead of once per prompt).
+        repeated = {m: torch.cat([items] * groups) for m, items in media.items()}
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, media=repeated).logits
+    elif media:
         first = model.embed(input_ids[:size], media)  # [B, L, H]: the encoders run once per prompt
         rest = model.llm.get_input_embeddings()(input_ids[size:])  # [(groups-1)*B, L, H]
         at_media = _placeholder_mask(model, input_ids[size:], list(media))  # [(groups-1)*B, L]

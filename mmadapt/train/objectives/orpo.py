@@ -61,8 +61,8 @@ class ORPOObjective:
         chosen, rejected = pair_logps(model, batch)
         nll = chosen_nll(chosen)
         loss, ratio = orpo_loss(chosen.mean_logps, rejected.mean_logps, nll, self.config.beta)
-        metrics = preference_metrics(
-            self.config.beta * chosen.mean_logps.detach(), self.config.beta * rejected.mean_logps.detach(), chosen, rejected
-        )
+        beta = self.config.beta
+        chosen_rewards, rejected_rewards = beta * chosen.mean_logps.detach(), beta * rejected.mean_logps.detach()
+        metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
         metrics.update(nll_chosen=nll.item(), log_odds_ratio=ratio.mean().item())
         return loss, metrics

@@ -61,7 +61,8 @@ def resolve_strategy(strategy: str, model: torch.nn.Module) -> str:
         logger.info("reference model strategy (auto): %s", strategy)
     if strategy == "adapters_off":
         if not has_adapters(model):
-            raise ConfigError("objective.reference: adapters_off needs adapters (set a `peft:` section) or use copy / precomputed")
+            raise ConfigError("objective.reference: adapters_off needs adapters (set a `peft:` section); "
+                              "otherwise use copy or precomputed")
         drifting = trains_outside_adapters(model)
         if drifting:
             logger.warning(
@@ -110,7 +111,8 @@ class PrecomputedReference:
     def __init__(self) -> None:
         self.cache: dict[str, torch.Tensor] = {}  # sample key -> [n_outputs] float32 on CPU
 
-    def compute(self, model: torch.nn.Module, batches: Iterable[dict[str, Any]], fn: ReferenceFn, total: int | None = None) -> None:
+    def compute(self, model: torch.nn.Module, batches: Iterable[dict[str, Any]], fn: ReferenceFn,
+                total: int | None = None) -> None:
         """Run `fn` over every batch with the model as it is now (the reference) and cache the per-row results."""
         from mmadapt.train.peft import adapters_disabled
 
