@@ -119,6 +119,12 @@ class PreferenceTokenizer:
                                 f"{len(items)} {modality} item(s); put one {placeholder} where each item goes")
             if items:
                 media[modality] = [resolve_media(item, self.root, where, modality) for item in items]
+                check = getattr(self.model.encoders[modality], "check", None)  # decode errors now, not mid-training
+                for path in media[modality] if check else []:
+                    try:
+                        check(path)
+                    except DataError as e:
+                        raise DataError(f"{where}: {e}") from e
                 ids, _ = expand_placeholders(ids, ids, self.model.placeholder_id(modality),
                                              self.model.num_media_tokens(modality))
         return messages, ids, media

@@ -131,6 +131,14 @@ def test_placeholder_count_must_match_media(tokenizer_dir, tmp_path):
         read_preference_records(path, model, cfg(), "d")
 
 
+def test_undecodable_image_is_reported_before_training(tokenizer_dir, tmp_path):
+    model = make_model(tokenizer_dir, vision=True)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    path = write(tmp_path / "mm.jsonl", [{**GOOD, "prompt": "<image>\ndescribe image", "image": "broken.png"}])
+    with pytest.raises(DataError, match=rf"{path}:1: .*broken.png"):
+        read_preference_records(path, model, cfg(), "d")
+
+
 def test_skip_bad_samples_counts_them(model, tmp_path):
     path = write(tmp_path / "p.jsonl", [GOOD, {**GOOD, "rejected": "paris"}, GOOD])
     examples, stats = read_preference_records(path, model, cfg(skip_bad_samples=True), "data_train")
