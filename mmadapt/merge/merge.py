@@ -287,6 +287,10 @@ def run_merge(config: MergeConfig, out: str | Path) -> dict[str, float]:
             mm_base = inp.multimodal_source(base) if base is not None else None
             mm_models = [inp.multimodal_source(m) for m in models]
             mm_ref = mm_base if base is not None else mm_models[0]
+            lacking = [m.label for m, src in zip(models, mm_models) if (src is None) != (mm_ref is None)]
+            if lacking:
+                raise ConfigError(f"{', '.join(lacking)}: {'no' if mm_ref is not None else 'a'} "
+                                  f"{inp.MULTIMODAL_WEIGHTS}, unlike {reference.label}; the checkpoints differ in modalities")
             if mm_ref is not None:
                 mm_others = [s for s in mm_models if s is not mm_ref]
                 inp.check_tensors(mm_ref, mm_others, "multimodal")

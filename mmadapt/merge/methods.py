@@ -98,8 +98,9 @@ def sign_agreement(weighted: torch.Tensor) -> torch.Tensor:
     The elected sign per entry is that of the sum (ties elect +); a model's entry is kept where its
     sign equals the elected one (zeros never agree, so they do not dilute the mean).
     """
-    elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
-    return weighted.sign() == elected
+    positive = weighted.sum(dim=0) >= 0  # [*shape]
+    # bool comparisons instead of sign() == elected: no float [n, *shape] temporaries
+    return torch.where(positive, weighted > 0, weighted < 0)
 
 
 def task_vector_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], params: MergeParams, *,
@@ -112,19 +113,25 @@ def task_vector_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor]
     base32 = base.to(dtype)
     rescale = default_rescale if params.rescale is None else params.rescale
     normalize = default_normalize if params.normalize is None else params.normalize
-    deltas = torch.stack([
-        sparsify(t.to(dtype) - base32, params.densities[i], how, rescale, seed=params.seed + 7919 * (i + 1))
-        for i, t in enumerate(tensors)
-    ])  # [n, *shape]
-    weights = _weights_like(params.weights, deltas)  # [n, 1, ...]
-    weighted = deltas * weights
+    # one [n, *shape] buffer filled in place: the streamed merge's peak memory is a few of these
+    weighted = torch.empty((len(tensors), *base.shape), dtype=dtype)
+    for i, t in enumerate(tensors):
+        torch.sub(t.to(dtype), base32, out=weighted[i])
+        weighted[i] = sparsify(weighted[i], params.densities[i], how, rescale, seed=params.seed + 7919 * (i + 1))
+    weights = _weights_like(params.weights, weighted)  # [n, 1, ...]
+    weighted.mul_(weights)
     if consensus:
         keep = sign_agreement(weighted)
-        merged = (weighted * keep).sum(dim=0)
-        divisor = (weights * keep).sum(dim=0)  # the disjoint mean: only the agreeing models count
+        weighted.mul_(keep)
+        merged = weighted.sum(dim=0)
+        divisor = torch.zeros_like(merged)  # the disjoint mean: only the agreeing models count
+        for i, w in enumerate(params.weights):
+            divisor.add_(keep[i], alpha=w)
+        del keep
     else:
         merged = weighted.sum(dim=0)
         divisor = weights.sum(dim=0).expand_as(merged)
+    del weighted
     if normalize:
         divisor = torch.where(divisor.abs() < 1e-12, torch.ones_like(divisor), divisor)
         merged = merged / divisor
@@ -137,9 +144,9 @@ def linear_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], par
     if len(params.weights) != len(tensors):
         raise ValueError(f"{len(tensors)} tensors but {len(params.weights)} weights")
     dtype = compute_dtype(*tensors)
-    stacked = torch.stack([t.to(dtype) for t in tensors])  # [n, *shape]
-    weights = _weights_like(params.weights, stacked)
-    merged = (stacked * weights).sum(dim=0)
+    merged = torch.zeros(tensors[0].shape, dtype=dtype)
+    for t, w in zip(tensors, params.weights):  # accumulated, not stacked: one extra tensor of memory
+        merged.add_(t.to(dtype), alpha=w)
     normalize = True if params.normalize is None else params.normalize
     total = float(sum(params.weights))
     if normalize:

@@ -198,3 +198,22 @@ def test_perturbed_helper_really_changes_weights(family):
     a, base = load_dir(family["a"]), load_dir(family["base"])
     assert all(not torch.equal(a[n], base[n]) for n in base)
     assert perturbed  # the fixture's models are distinct fine-tunes, so equalities above are meaningful
+
+
+def test_models_without_lineage_are_merged_with_a_warning(family, tmp_path, caplog):
+    (family["a"] / "manifest.json").unlink()
+    with caplog.at_level("WARNING", logger="mmadapt.merge.inputs"):
+        run_merge(load_merge_config(config_for("ties", family)), tmp_path / "merged")
+    assert "has no manifest.json; cannot check it was fine-tuned from base_model" in caplog.text
+    parents = json.loads((tmp_path / "merged" / "manifest.json").read_text())["parents"]
+    assert parents[1]["kind"] == "external" and parents[1]["files"]  # hashed instead
+
+
+def test_linear_without_a_base_takes_files_from_the_first_model(family, tmp_path):
+    data = config_for("linear", family)
+    data.pop("base_model")
+    out = tmp_path / "merged"
+    run_merge(load_merge_config(data), out)
+    assert (out / "tokenizer.json").read_text() == (family["a"] / "tokenizer.json").read_text()
+    assert [p["path"] for p in json.loads((out / "manifest.json").read_text())["parents"]] == \
+        [str(family[k]) for k in "abc"]
