@@ -21,15 +21,11 @@ from mmadapt import lineage
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 from mmadapt.merge.lora import ADAPTER_CONFIG, AdaptedSource, Adapter
+from mmadapt.model import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE, MULTIMODAL_WEIGHTS  # the checkpoint layout
 
 logger = logging.getLogger(__name__)
 
-# the mmadapt checkpoint layout (mmadapt.model); repeated here as names so a merge never builds a model
-MODEL_CONFIG_FILE = "mmadapt_model.yaml"
-MULTIMODAL_WEIGHTS = "multimodal.safetensors"
-LLM_DIR = "llm"
-ADAPTER_DIR = "llm_adapter"
-ENCODER_PREFIX = "encoders."
+ENCODER_PREFIX = "encoders."  # MultimodalLM.multimodal_state_dict: "encoders.<modality>..." / "connectors.<modality>..."
 
 
 class Source(Protocol):
@@ -123,7 +119,8 @@ def check_architectures(reference: ModelInput, inputs: list[ModelInput]) -> None
     ref = hf_config(reference)
     for inp in inputs:
         if inp.kind == "adapter":
-            trained_on = (_read_json(inp.adapter_dir / ADAPTER_CONFIG, inp.label).get("auto_mapping") or {}).get("base_model_class")
+            mapping = _read_json(inp.adapter_dir / ADAPTER_CONFIG, inp.label).get("auto_mapping") or {}
+            trained_on = mapping.get("base_model_class")
             if trained_on and ref.get("architectures") and trained_on not in ref["architectures"]:
                 raise ConfigError(f"{inp.label}: the adapter was trained on a {trained_on}, but {reference.label} "
                                   f"is {ref['architectures']}")

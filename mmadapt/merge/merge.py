@@ -20,6 +20,7 @@ written atomically and carries manifest.json with the inputs (and their manifest
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import time
@@ -210,8 +211,6 @@ def _copy_support_files(src: Path, dst: Path, dtype: str | None) -> None:
         shutil.copy2(path, dst / path.name)
     config_path = dst / "config.json"
     if dtype and config_path.is_file():
-        import json
-
         cfg = json.loads(config_path.read_text())
         cfg["dtype"] = dtype
         if "torch_dtype" in cfg:  # configs written by transformers 4
@@ -250,71 +249,86 @@ def run_merge(config: MergeConfig, out: str | Path) -> dict[str, float]:
     base = inp.open_input(config.base_model, "base_model") if config.base_model else None
     models = [inp.open_input(spec.model, f"models[{i}]") for i, spec in enumerate(config.models)]
     inp.check_kinds(base, models, config.output)
-    kind = models[0].kind
     reference = base if base is not None else models[0]
     inp.check_architectures(reference, [m for m in models if m is not reference])
     if method.needs_base and config.check_base and base is not None:
         inp.check_lineage(base, models)
-
-    out = Path(out)
-    summary: dict[str, float] = {}
-    if config.output == "adapter":
-        from mmadapt.merge.lora import Adapter
-
-        adapters = [Adapter(m.adapter_dir, m.label) for m in models]
-        base_src = inp.llm_source(base, None) if base is not None else None
-        for a in adapters if base_src is not None else []:
-            a.check_base(base_src.info, base.label)
-        _check_combinable(adapters, base_src)
-        with atomic_directory(out) as tmp:
-            modules, rank = _merge_adapters(method, config, adapters, tmp)
-            _finish(tmp, out, config, method, base, models)
-        summary.update(modules=float(modules), rank=float(rank))
-    else:
-        base_src = inp.llm_source(base, None) if base is not None else None
-        model_srcs = [inp.llm_source(m, base) for m in models]
-        ref_src = base_src if base_src is not None else model_srcs[0]
-        others = [s for s in model_srcs if s is not ref_src]
-        inp.check_tensors(ref_src, others, "LLM")
-        _, fixed = inp.float_names(ref_src.info)
-        inp.check_identical(ref_src, others, fixed, "integer/bool buffers cannot be averaged")
-        inp.check_tokenizers(reference if kind != "adapter" else base, [m for m in models if m is not reference])
-        # an adapter merge writes the layout of its base (an mmadapt checkpoint stays one)
-        layout = base.kind if kind == "adapter" else kind
-        mm = None
-        if kind == "multimodal":
-            inp.check_multimodal_configs(reference, [m for m in models if m is not reference])
-            mm_base = inp.multimodal_source(base) if base is not None else None
-            mm_models = [inp.multimodal_source(m) for m in models]
-            mm_ref = mm_base if base is not None else mm_models[0]
-            lacking = [m.label for m, src in zip(models, mm_models) if (src is None) != (mm_ref is None)]
-            if lacking:
-                raise ConfigError(f"{', '.join(lacking)}: {'no' if mm_ref is not None else 'a'} "
-                                  f"{inp.MULTIMODAL_WEIGHTS}, unlike {reference.label}; the checkpoints differ in modalities")
-            if mm_ref is not None:
-                mm_others = [s for s in mm_models if s is not mm_ref]
-                inp.check_tensors(mm_ref, mm_others, "multimodal")
-                encoders = [n for n in mm_ref.info if n.startswith(inp.ENCODER_PREFIX)]
-                inp.check_identical(mm_ref, mm_others, encoders, "encoders must be identical to merge checkpoints "
-                                    "(connectors and the LLM are merged; train with encoders frozen)")
-                mm = (mm_base, mm_models, mm_ref)
-        elif layout == "multimodal" and inp.multimodal_source(base) is not None:
-            mm_base = inp.multimodal_source(base)
-            mm = (None, [mm_base], mm_base)  # adapters change only the LLM: the base's connectors, as they are
-        with atomic_directory(out) as tmp:
-            llm_out = tmp / inp.LLM_DIR if layout == "multimodal" else tmp
-            support = (base if kind == "adapter" else reference).llm_dir
-            _copy_support_files(support, llm_out, config.dtype)
-            summary["llm_tensors"] = float(_merge_part(method, config, base_src, model_srcs, ref_src, llm_out, "model",
-                                                       "merging LLM"))
-            if layout == "multimodal":
-                _copy_checkpoint_files(base if kind == "adapter" else reference, tmp)
-                if mm is not None:
-                    copy_only = kind == "adapter"
-                    summary["multimodal_tensors"] = float(_merge_part(method, config, mm[0], mm[1], mm[2], tmp,
-                                                                      "multimodal", "merging connectors", copy_only))
-            _finish(tmp, out, config, method, base, models)
+    run = _combine_adapters if config.output == "adapter" else _merge_models
+    summary = run(method, config, base, models, Path(out))
     summary["seconds"] = time.perf_counter() - start
+    logger.info("merged %d model(s) with %s into %s in %.1f s", len(models), method.name, out, summary["seconds"])
+    return summary
+
+
+def _combine_adapters(method: MergeMethod, config: MergeConfig, base: inp.ModelInput | None,
+                      models: list[inp.ModelInput], out: Path) -> dict[str, float]:
+    from mmadapt.merge.lora import Adapter
+
+    adapters = [Adapter(m.adapter_dir, m.label) for m in models]
+    base_src = inp.llm_source(base, None) if base is not None else None
+    for a in adapters if base_src is not None else []:
+        a.check_base(base_src.info, base.label)
+    _check_combinable(adapters, base_src)
+    with atomic_directory(out) as tmp:
+        modules, rank = _merge_adapters(method, config, adapters, tmp)
+        _finish(tmp, out, config, method, base, models)
+    return {"modules": float(modules), "rank": float(rank)}
+
+
+def _multimodal_sources(base: inp.ModelInput | None, models: list[inp.ModelInput], reference: inp.ModelInput,
+                        kind: str) -> tuple[Any, list[Any], Any] | None:
+    """(base, models, reference) sources of multimodal.safetensors, checked; None when there is none."""
+    if kind == "adapter":  # adapters change only the LLM: the base checkpoint's connectors, as they are
+        mm_base = inp.multimodal_source(base) if base.kind == "multimodal" else None
+        return (None, [mm_base], mm_base) if mm_base is not None else None
+    if kind != "multimodal":
+        return None
+    inp.check_multimodal_configs(reference, [m for m in models if m is not reference])
+    mm_base = inp.multimodal_source(base) if base is not None else None
+    mm_models = [inp.multimodal_source(m) for m in models]
+    mm_ref = mm_base if base is not None else mm_models[0]
+    lacking = [m.label for m, src in zip(models, mm_models) if (src is None) != (mm_ref is None)]
+    if lacking:
+        raise ConfigError(f"{', '.join(lacking)}: {'no' if mm_ref is not None else 'a'} {inp.MULTIMODAL_WEIGHTS}, "
+                          f"unlike {reference.label}; the checkpoints differ in modalities")
+    if mm_ref is None:
+        return None
+    mm_others = [s for s in mm_models if s is not mm_ref]
+    inp.check_tensors(mm_ref, mm_others, "multimodal")
+    encoders = [n for n in mm_ref.info if n.startswith(inp.ENCODER_PREFIX)]
+    inp.check_identical(mm_ref, mm_others, encoders, "encoders must be identical to merge checkpoints "
+                        "(connectors and the LLM are merged; train with encoders frozen)")
+    return mm_base, mm_models, mm_ref
+
+
+def _merge_models(method: MergeMethod, config: MergeConfig, base: inp.ModelInput | None,
+                  models: list[inp.ModelInput], out: Path) -> dict[str, float]:
+    """Full models out: HF directories, or mmadapt checkpoints (an adapter merge keeps its base's layout)."""
+    kind = models[0].kind
+    reference = base if base is not None else models[0]
+    files_from = base if kind == "adapter" else reference  # config, tokenizer, mmadapt_model.yaml
+    base_src = inp.llm_source(base, None) if base is not None else None
+    model_srcs = [inp.llm_source(m, base) for m in models]
+    ref_src = base_src if base_src is not None else model_srcs[0]
+    others = [s for s in model_srcs if s is not ref_src]
+    inp.check_tensors(ref_src, others, "LLM")
+    _, fixed = inp.float_names(ref_src.info)
+    inp.check_identical(ref_src, others, fixed, "integer/bool buffers cannot be averaged")
+    inp.check_tokenizers(files_from, [m for m in models if m is not files_from])
+    mm = _multimodal_sources(base, models, reference, kind)
+    summary: dict[str, float] = {}
+    with atomic_directory(out) as tmp:
+        checkpoint = files_from.kind == "multimodal"
+        llm_out = tmp / inp.LLM_DIR if checkpoint else tmp
+        _copy_support_files(files_from.llm_dir, llm_out, config.dtype)
+        summary["llm_tensors"] = float(_merge_part(method, config, base_src, model_srcs, ref_src, llm_out, "model",
+                                                   "merging LLM"))
+        if checkpoint:
+            _copy_checkpoint_files(files_from, tmp)
+        if mm is not None:
+            summary["multimodal_tensors"] = float(_merge_part(method, config, *mm, tmp, "multimodal",
+                                                              "merging connectors", copy_only=kind == "adapter"))
+        _finish(tmp, out, config, method, base, models)
     return summary
 
 

@@ -16,7 +16,8 @@ def test_tasks_use_disjoint_words_and_formats():
     assert set(tasks) == {"a", "b"} and all(len(facts) == qs.N_FACTS for facts in tasks.values())
     words = {t: {w for p, a in facts for w in (p.split()[-2] if t == "a" else p.split()[1], a)} for t, facts in tasks.items()}
     assert not words["a"] & words["b"]  # subjects and answers of the two tasks never overlap
-    assert all(p.startswith("the capital of") for p, _ in tasks["a"]) and all(p.endswith("makes the sound") for p, _ in tasks["b"])
+    assert all(p.startswith("the capital of") for p, _ in tasks["a"])
+    assert all(p.endswith("makes the sound") for p, _ in tasks["b"])
     # the base sees every task subject, but never with a consistent answer to memorise
     for prompt, answer in tasks["a"][:5]:
         seen = [line.split()[-2] for line in base_lines if line.startswith(prompt + " ")]
