@@ -247,7 +247,7 @@ class MultimodalLM(nn.Module):
         path = directory / MODEL_CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
-        raw = _resolve_checkpoint_refs(yaml.safe_load(path.read_text()), directory)
+        raw = resolve_checkpoint_refs(yaml.safe_load(path.read_text()), directory)
         config = from_dict(ModelConfig, raw, path=str(path))
         model = cls.from_config(config, load_init_weights=False)
         if (directory / ADAPTER_DIR).is_dir():
@@ -312,11 +312,11 @@ def is_peft_model(module: nn.Module) -> bool:
     return isinstance(module, PeftModel)
 
 
-def _resolve_checkpoint_refs(data: Any, directory: Path) -> Any:
+def resolve_checkpoint_refs(data: Any, directory: Path) -> Any:
     if isinstance(data, dict):
-        return {k: _resolve_checkpoint_refs(v, directory) for k, v in data.items()}
+        return {k: resolve_checkpoint_refs(v, directory) for k, v in data.items()}
     if isinstance(data, list):
-        return [_resolve_checkpoint_refs(v, directory) for v in data]
+        return [resolve_checkpoint_refs(v, directory) for v in data]
     if isinstance(data, str) and data.startswith(CHECKPOINT_REF):
         return str(directory / data[len(CHECKPOINT_REF):])
     return data

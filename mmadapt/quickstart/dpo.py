@@ -67,9 +67,9 @@ def write_pairs(data_dir: Path, out: Path, seed: int) -> None:
 
 def checkpoint_model_spec(checkpoint: Path) -> dict[str, Any]:
     """The model section that rebuilds `checkpoint` (its saved config) and records it as this run's parent."""
-    from mmadapt.model import MODEL_CONFIG_FILE, _resolve_checkpoint_refs
+    from mmadapt.model import MODEL_CONFIG_FILE, resolve_checkpoint_refs
 
-    spec = _resolve_checkpoint_refs(yaml.safe_load((checkpoint / MODEL_CONFIG_FILE).read_text()), checkpoint)
+    spec = resolve_checkpoint_refs(yaml.safe_load((checkpoint / MODEL_CONFIG_FILE).read_text()), checkpoint)
     spec["init_from"] = str(checkpoint)  # lineage: the DPO manifest embeds the SFT chain
     return spec
 
