@@ -42,14 +42,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message (e.g. a Literal's valid values)
+            return _coerce(value, options[0], path)
+        for arg in options:
             try:
                 return _coerce(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{path}: {value!r} is not {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         if value not in args:
@@ -155,15 +155,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type | N
     """Apply `--set` overrides to raw config data (checked against `schema` afterwards by from_dict)."""
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for depth, key in enumerate(keys[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is not a mapping")
-            node = child
-        node[keys[-1]] = value
+        node: Any = data
+        for depth, key in enumerate(keys):
+            where = ".".join(keys[: depth + 1])
+            if isinstance(node, list):  # `models.0.model=...` indexes a list
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"--set {text!r}: {where}: index out of range (the list has {len(node)} items)")
+                key = int(key)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth])} is not a mapping or list")
+            if depth == len(keys) - 1:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
     return data
 
 

@@ -73,3 +73,22 @@ def test_stages_expand_to_full_configs():
     assert stages[1][1].output_dir.endswith("x/tune")
     with pytest.raises(ConfigError, match=r"stages\[0\].*training.epochz"):
         stage_configs(load(RunConfig, {**BASE, "stages": [{"name": "a", "training": {"epochz": 1}}]}))
+
+
+def test_optional_literal_lists_valid_values_and_set_indexes_lists():
+    from dataclasses import dataclass, field
+    from typing import Literal, Optional
+
+    from mmadapt.config import apply_overrides
+
+    @dataclass
+    class Spec:
+        dtype: Optional[Literal["float32", "bfloat16"]] = None
+        models: list = field(default_factory=list)
+
+    with pytest.raises(ConfigError, match=r"dtype: 'fp8' is not valid; valid: 'float32', 'bfloat16'"):
+        from_dict(Spec, {"dtype": "fp8"})
+    data = apply_overrides({"models": [{"model": "a"}, {"model": "b"}]}, ["models.1.model=c"])
+    assert data["models"][1]["model"] == "c"
+    with pytest.raises(ConfigError, match="index out of range"):
+        apply_overrides(data, ["models.5.model=d"])
