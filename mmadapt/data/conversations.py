@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmadapt.config import DataConfig
 from mmadapt.data.templates import ensure_chat_template, to_messages, tokenize_conversation
@@ -37,6 +37,28 @@ class DataStats:
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
         return {f"{prefix}_{k}": float(v) for k, v in sorted(self.counts.items())}
+
+
+def build_examples(records: list[tuple[str, dict[str, Any]]], build_one: Callable[[str, dict[str, Any]], Any],
+                   skip_bad_samples: bool, stats: DataStats) -> list[Any]:
+    """`build_one(where, record)` over every record: a bad one raises, or with skip_bad_samples is skipped and
+    counted; None (dropped by truncation, counted by build_one) is left out."""
+    examples = []
+    for where, record in records:
+        try:
+            example = build_one(where, record)
+        except DataError as e:
+            if not skip_bad_samples:
+                raise
+            logger.warning("skipping bad sample: %s", e)
+            stats.counts["skipped_bad"] += 1
+            continue
+        if example is not None:
+            examples.append(example)
+    stats.counts["examples"] += len(examples)
+    if not examples:
+        raise DataError("no usable examples left (see the warnings above)")
+    return examples
 
 
 def media_list(record: dict[str, Any], modality: str, where: str) -> list[Any]:
@@ -84,22 +106,7 @@ class ExampleBuilder:
         self.stats = DataStats()
 
     def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
-        examples = []
-        for where, record in records:
-            try:
-                example = self.build_one(where, record)
-            except DataError as e:
-                if not self.cfg.skip_bad_samples:
-                    raise
-                logger.warning("skipping bad sample: %s", e)
-                self.stats.counts["skipped_bad"] += 1
-                continue
-            if example is not None:
-                examples.append(example)
-        self.stats.counts["examples"] += len(examples)
-        if not examples:
-            raise DataError("no usable examples left (see the warnings above)")
-        return examples
+        return build_examples(records, self.build_one, self.cfg.skip_bad_samples, self.stats)
 
     def build_one(self, where: str, record: dict[str, Any]) -> Example | None:
         if self.cfg.format == "text":

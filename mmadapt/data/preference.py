@@ -20,7 +20,8 @@ import torch
 
 from mmadapt.config import DataConfig
 from mmadapt.data.collator import collate_media, pad
-from mmadapt.data.conversations import IGNORE_INDEX, DataStats, expand_placeholders, media_list, resolve_media
+from mmadapt.data.conversations import (IGNORE_INDEX, DataStats, build_examples, expand_placeholders, media_list,
+                                        resolve_media)
 from mmadapt.data.records import read_records
 from mmadapt.data.templates import ROLE_MAP, ensure_chat_template, render
 from mmadapt.errors import DataError
@@ -155,23 +156,7 @@ class PreferenceTokenizer:
         return room
 
     def build(self, records: list[tuple[str, dict[str, Any]]], one: Any) -> list[Any]:
-        """`one(where, record)` over every record; bad ones raise, or are skipped and counted with skip_bad_samples."""
-        examples = []
-        for where, record in records:
-            try:
-                example = one(where, record)
-            except DataError as e:
-                if not self.cfg.skip_bad_samples:
-                    raise
-                logger.warning("skipping bad sample: %s", e)
-                self.stats.counts["skipped_bad"] += 1
-                continue
-            if example is not None:
-                examples.append(example)
-        self.stats.counts["examples"] += len(examples)
-        if not examples:
-            raise DataError("no usable examples left (see the warnings above)")
-        return examples
+        return build_examples(records, one, self.cfg.skip_bad_samples, self.stats)
 
 
 def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> PreferenceExample | None:
