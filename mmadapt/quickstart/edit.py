@@ -1,12 +1,18 @@
-"""`mmadapt quickstart edit`: a tiny GPT-2 learns a generated world of facts, then ROME, MEMIT and FT-L rewrite some.
+"""`mmadapt quickstart edit`: a tiny GPT-2 learns a generated world of facts; causal tracing finds where, ROME, MEMIT and FT-L rewrite some.
 
-1. A world of made-up people (two-word names) with a city, a job and a language, each fact stated
-   in four templates; a word-level tokenizer and a tiny GPT-2 trained on it with `mmadapt train`
-   (format text) until it answers every template (up to three rounds).
-2. Causal tracing of one fact (heat map `trace.png`).
-3. ROME on single facts (each from the unedited model), MEMIT on a batch of 60, FT-L on the same
-   single facts; efficacy on the edit template, paraphrase on the other three templates,
-   neighbourhood on other people's facts of the same relation, fluency of generations.
+1. A world of made-up people (a shared first name and a distinct family name each) with a hometown
+   and a job, each fact written as four catalogue entries ("the hometown of lisa bakoru perth");
+   a word-level tokenizer and a 4-layer GPT-2 trained on them with `mmadapt train` (format text)
+   until it answers every entry (up to three rounds).
+   Why catalogue entries: a 4-layer model trained on sentences like "X lives in the city of" looks
+   the subject up from the last token with its own MLPs, so no subject-side edit can reach the
+   fact; when the answer follows the name, the fact sits in the name's last-token MLPs, the site
+   that ROME and MEMIT rewrite (as causal tracing then shows).
+2. Causal tracing of a few facts (heat map `trace.png`) picks the MLP layer ROME edits.
+3. ROME on single facts (each from the unedited model), MEMIT on a batch of 60 through the
+   deployed-checkpoint path (`edit_checkpoint`, then `revert`, checked bit for bit), FT-L on the
+   single facts; efficacy on the edit entry, paraphrase on the other three entries, neighbourhood
+   on people outside the batch, fluency of generations.
 `metrics.json`: efficacy / paraphrase / neighborhood / fluency (the worse of ROME and MEMIT),
 seconds_per_edit, and the per-method breakdown (rome_*, memit_*, ft_*).
 """
@@ -27,15 +33,19 @@ from mmadapt.io import atomic_write_json, atomic_write_text
 logger = logging.getLogger(__name__)
 
 RELATIONS: dict[str, tuple[list[str], list[str]]] = {
-    "city": (["{} lives in the city of", "the home of {} is in", "{} has a house in", "everyone knows {} lives in"],
+    "city": (["the hometown of {}", "the city of {}", "the residence of {}", "the home of {}"],
              ["paris", "rome", "oslo", "lima", "cairo", "tokyo", "delhi", "quito", "dakar", "hanoi", "perth", "kyiv"]),
-    "job": (["{} works as a", "the job of {} is", "by trade , {} is a", "{} earns a living as a"],
+    "job": (["the job of {}", "the trade of {}", "the work of {}", "the occupation of {}"],
             ["doctor", "pilot", "farmer", "lawyer", "baker", "writer", "nurse", "chef", "miner", "tailor"]),
 }
 N_SUBJECTS = 100
 N_ROME = 10
 N_MEMIT = 60
 N_NEIGHBOURS = 5
+EDITED = "city"  # the relation rewritten; the job is what the KL term keeps (ROME's "essence")
+ROME = {"kl_prompts": ["the job of {}"]}
+MEMIT = {"kl_prompts": ["the job of {}"], "layers": [0, 1], "mom2_update_weight": 500.0, "v_weight_decay": 0.05}
+FT = {"norm_constraint": 5e-3}
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
@@ -62,22 +72,21 @@ def corpus(world: dict[str, dict[str, str]]) -> list[str]:
             for rel, obj in facts.items() for template in RELATIONS[rel][0]]
 
 
-def edit_records(world: dict[str, dict[str, str]], subjects: list[str], seed: int) -> list[dict[str, Any]]:
-    """One CounterFact-style request per subject: a relation, a new object, paraphrases, neighbours."""
+def edit_records(world: dict[str, dict[str, str]], subjects: list[str], neighbours: list[str], seed: int,
+                 relation: str = EDITED) -> list[dict[str, Any]]:
+    """One CounterFact-style request per subject: a new object, the other entries as paraphrases, and
+    N_NEIGHBOURS people drawn from `neighbours` (never edited alongside) with their own answers."""
     rng = random.Random(seed)
+    templates, objects = RELATIONS[relation]
     records = []
     for subject in subjects:
-        rel = rng.choice(sorted(RELATIONS))
-        templates, objects = RELATIONS[rel]
-        true = world[subject][rel]
-        others = [s for s in world if s != subject]
-        neighbours = rng.sample(others, N_NEIGHBOURS)
+        true = world[subject][relation]
+        others = rng.sample([n for n in neighbours if n != subject], N_NEIGHBOURS)
         records.append({
-            "prompt": templates[0], "subject": subject, "target_new": rng.choice([o for o in objects if o != true]),
-            "target_true": true,
+            "prompt": templates[0], "subject": subject, "target_true": true,
+            "target_new": rng.choice([o for o in objects if o != true]),
             "paraphrase_prompts": [t.format(subject) for t in templates[1:]],
-            "neighborhood_prompts": [{"prompt": templates[0].format(n), "target": world[n][rel]} for n in neighbours],
-            "generation_prompts": [subject],
+            "neighborhood_prompts": [{"prompt": templates[0].format(n), "target": world[n][relation]} for n in others],
         })
     return records
 
@@ -121,7 +130,7 @@ def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], se
         config = load_run({
             "model": {"llm": {"config": llm, "tokenizer": str(out / "tokenizer")}, "init_from": previous},
             "data": {"train": str(data), "format": "text", "max_length": 32},
-            "training": {"epochs": 12 if round_ == 0 else 6, "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05,
+            "training": {"epochs": 8 if round_ == 0 else 4, "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05,
                          "scheduler": "cosine", "train_modules": ["llm"], "logging_steps": 100, "precision": "fp32"},
             "objective": {"name": "sft"}, "seed": seed + round_, "output_dir": str(run_dir),
         })
@@ -133,3 +142,118 @@ def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], se
         if accuracy >= 0.99:
             break
     return Path(previous) / "llm", accuracy, time.perf_counter() - start
+
+
+def locate_layer(model: torch.nn.Module, tok, world: dict[str, dict[str, str]], subjects: list[str], out: Path) -> tuple[int, float]:
+    """Causal tracing of a few facts: the MLP layer with the largest mean indirect effect at the subject's last token."""
+    from mmadapt.editing.trace import plot_trace, trace_fact
+
+    template = RELATIONS[EDITED][0][0]
+    effects = None
+    for subject in subjects:
+        result = trace_fact(model, tok, template, subject, world[subject][EDITED], kinds=("hidden", "mlp", "attn"))
+        effect = result.scores["mlp"][result.subject[1]] - result.corrupted  # [n_layers]
+        effects = effect if effects is None else effects + effect
+        if subject == subjects[0]:
+            plot_trace(result, out / "trace.png")
+    layer = int(effects.argmax())
+    return layer, float(effects[layer] / len(subjects))
+
+
+def _mean(rows: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    keys = ("efficacy", "paraphrase", "neighborhood", "fluency")
+    return {f"{prefix}{k}": sum(r[k] for r in rows) / len(rows) for k in keys}
+
+
+def run_single(model: torch.nn.Module, tok, requests: list, method: str, hparams: Any, cache: Any) -> tuple[dict[str, float], float]:
+    """Each request on its own from the unedited model (weights restored exactly in between); (metrics, edit seconds)."""
+    from mmadapt import registry
+    from mmadapt.editing.common import restored
+    from mmadapt.editing.evaluate import evaluate
+
+    apply = registry.resolve("edit_method", method)
+    rows, seconds = [], 0.0
+    for request in requests:
+        with restored(model, [name for name, _ in model.named_parameters() if ".mlp." in name]):
+            result = apply(model, tok, [request], hparams, cache=cache)
+            seconds += result.metrics["seconds"] - result.metrics.get("stats_seconds", 0.0)
+            rows.append(evaluate(model, tok, [request])[0])
+    return _mean(rows, f"{method}_"), seconds
+
+
+def run(out: Path, connector: str | None = None, seed: int = 0) -> dict[str, float]:
+    """Train, trace, edit, evaluate; print the table and write `out/metrics.json`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mmadapt.config import from_dict
+    from mmadapt.editing.checkpoint import edit_checkpoint, revert
+    from mmadapt.editing.evaluate import evaluate, format_table
+    from mmadapt.editing.ft import FTHParams
+    from mmadapt.editing.requests import parse_requests
+    from mmadapt.editing.rome import RomeHParams
+    from mmadapt.editing.stats import StatsCache
+    from mmadapt.errors import ConfigError
+    from mmadapt.lineage import hash_files
+
+    if connector is not None:
+        raise ConfigError("--connector does not apply to the edit quickstart")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wall = time.perf_counter()
+    torch.manual_seed(seed)
+    world = make_world(seed)
+    lines = corpus(world)
+    llm_dir, knows, train_seconds = train_base(out, lines, world, seed)
+    base_dir = llm_dir.parent
+    model = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(llm_dir)
+    atomic_write_text(out / "corpus.txt", "\n".join(lines) + "\n")
+    stats = {"corpus": str(out / "corpus.txt"), "cache_dir": str(out / "stats")}
+    cache = StatsCache(out / "stats")
+
+    subjects = list(world)
+    random.Random(seed + 1).shuffle(subjects)
+    batch, single, rest = subjects[:N_MEMIT], subjects[N_MEMIT : N_MEMIT + N_ROME], subjects[N_MEMIT:]
+    layer, effect = locate_layer(model, tok, world, single[:3], out)
+    logger.info("causal tracing: the facts sit in MLP layer %d (mean indirect effect %.2f)", layer, effect)
+
+    single_requests = parse_requests(edit_records(world, single, subjects, seed), "rome requests")
+    atomic_write_text(out / "edits.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in single_requests))
+    base_metrics, _ = evaluate(model, tok, single_requests)
+    rome_hp = from_dict(RomeHParams, {**ROME, "layer": layer, "stats": stats, "seed": seed})
+    rome, rome_seconds = run_single(model, tok, single_requests, "rome", rome_hp, cache)
+    ft, ft_seconds = run_single(model, tok, single_requests, "ft", from_dict(FTHParams, {**FT, "layer": layer}), cache)
+
+    batch_requests = parse_requests(edit_records(world, batch, rest, seed + 2), "memit requests")
+    record = edit_checkpoint(base_dir, batch_requests, "memit", {**MEMIT, "stats": stats, "seed": seed},
+                             out / "edited-memit", stats_dir=out / "stats")
+    memit = {f"memit_{k}": v for k, v in record["metrics"]["after"].items() if k != "n_requests"}
+    memit_seconds = record["metrics"]["method"]["seconds"] - record["metrics"]["method"]["stats_seconds"]
+    revert(out / "edited-memit", out / "reverted")
+    revert_exact = float(hash_files(out / "reverted" / "llm") == hash_files(base_dir / "llm"))
+
+    metrics = {
+        **{k: min(rome[f"rome_{k}"], memit[f"memit_{k}"]) for k in ("efficacy", "paraphrase", "neighborhood", "fluency")},
+        "seconds_per_edit": (rome_seconds + memit_seconds) / (N_ROME + N_MEMIT),
+        **rome, "rome_seconds_per_edit": rome_seconds / N_ROME,
+        **memit, "memit_seconds_per_edit": memit_seconds / N_MEMIT, "memit_seconds_per_batch": memit_seconds,
+        "memit_batch_size": float(N_MEMIT),
+        **ft, "ft_seconds_per_edit": ft_seconds / N_ROME,
+        "base_efficacy": base_metrics["efficacy"], "base_neighborhood": base_metrics["neighborhood"],
+        "base_fluency": base_metrics["fluency"], "base_knowledge": knows, "edit_layer": float(layer),
+        "trace_indirect_effect": effect, "revert_exact": revert_exact, "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - wall,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    rows = {"base model": base_metrics, f"ROME (layer {layer}), 1 fact": {**_strip(rome, "rome_"), "seconds_per_edit": rome_seconds / N_ROME},
+            f"MEMIT (layers {MEMIT['layers']}), {N_MEMIT} facts": {**_strip(memit, "memit_"), "seconds_per_edit": memit_seconds / N_MEMIT},
+            f"FT-L (layer {layer}), 1 fact": {**_strip(ft, "ft_"), "seconds_per_edit": ft_seconds / N_ROME}}
+    print(f"\nquickstart edit: the base model knows {100 * knows:.1f}% of {len(lines)} catalogue entries "
+          f"(trained in {train_seconds:.0f} s); causal tracing locates the facts in MLP layer {layer}")
+    print(format_table(rows))
+    print(f"revert of the MEMIT checkpoint bit-exact: {bool(revert_exact)}; heat map: {out / 'trace.png'}")
+    return metrics
+
+
+def _strip(values: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}

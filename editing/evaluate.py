@@ -1,0 +1,102 @@
+"""CounterFact-style evaluation: efficacy, paraphrase generalisation, neighbourhood specificity, fluency.
+
+- efficacy: on the edit prompt, the new target is more probable than the old one;
+- paraphrase: the same on the request's paraphrase prompts;
+- neighborhood: on other subjects' prompts, their own answer stays more probable than the new target;
+- fluency: weighted bi-/tri-gram entropy of greedy generations (ROME's measure; lower = repetitive).
+Probabilities compare mean per-token log-probabilities, so targets of different lengths are fair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+
+from torch import nn
+
+from mmadapt.editing.requests import EditRequest
+from mmadapt.editing.tokens import encode, greedy, score_targets
+from mmadapt.errors import DataError
+
+METRICS = ("efficacy", "paraphrase", "neighborhood", "fluency")
+
+
+def ngram_entropy(words: list[str], ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
+    """Mean over n of weight_n * entropy (bits) of the n-gram distribution of `words`."""
+    values = []
+    for n, weight in zip(ns, weights):
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        total = sum(grams.values())
+        entropy = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
+        values.append(weight * entropy)
+    return sum(values) / len(values)
+
+
+def _answer(model: nn.Module, tok, text: str, like: str) -> str:
+    """The model's greedy continuation of `text`, as many tokens long as `like` is."""
+    n = len(encode(tok, text, None, like).target_positions)
+    return tok.decode(greedy(model, tok, text, n), skip_special_tokens=True).strip()
+
+
+def fill_missing_targets(model: nn.Module, tok, requests: list[EditRequest]) -> list[EditRequest]:
+    """Copies of `requests` whose missing old answers (target_true, neighbours' targets) are the model's own.
+
+    Run it on the unedited model: "the old answer" is then what the deployed model said.
+    """
+    filled = []
+    for request in requests:
+        true = request.target_true or _answer(model, tok, request.text, request.target_new)
+        if true.strip() == request.target_new.strip():
+            raise DataError(f"{request.where}: the model already answers {request.target_new!r}; nothing to edit")
+        neighborhood = [(p, t if t is not None else _answer(model, tok, p, request.target_new)) for p, t in request.neighborhood]
+        filled.append(dataclasses.replace(request, target_true=true, neighborhood=neighborhood))
+    return filled
+
+
+def evaluate(model: nn.Module, tok, requests: list[EditRequest], batch_size: int = 32,
+             max_new_tokens: int = 20) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(aggregate metrics, one dict per request). Requests need target_true (see `fill_missing_targets`)."""
+    items: list[tuple[str, str]] = []
+    layout = []  # per request: (index of the first pair, n paraphrases, n neighbours)
+    for request in requests:
+        if request.target_true is None:
+            raise DataError(f"{request.where}: no target_true to compare with; give one, or fill it from the base model")
+        first = len(items)
+        items += [(request.text, request.target_new), (request.text, request.target_true)]
+        for prompt in request.paraphrase_prompts:
+            items += [(prompt, request.target_new), (prompt, request.target_true)]
+        for prompt, answer in request.neighborhood:
+            items += [(prompt, request.target_new), (prompt, answer if answer is not None else request.target_true)]
+        layout.append((first, len(request.paraphrase_prompts), len(request.neighborhood)))
+    scores = score_targets(model, tok, items, batch_size).tolist()
+
+    per_request = []
+    for request, (first, n_para, n_neigh) in zip(requests, layout):
+        new_wins = [scores[first + 2 * j] > scores[first + 2 * j + 1] for j in range(1 + n_para + n_neigh)]
+        row = {"efficacy": float(new_wins[0]), "target_new_logprob": scores[first], "target_true_logprob": scores[first + 1]}
+        if n_para:
+            row["paraphrase"] = sum(new_wins[1 : 1 + n_para]) / n_para
+        if n_neigh:
+            row["neighborhood"] = sum(not w for w in new_wins[1 + n_para :]) / n_neigh
+        prompts = request.generation_prompts or [request.text]
+        texts = [prompt + " " + tok.decode(greedy(model, tok, prompt, max_new_tokens), skip_special_tokens=True)
+                 for prompt in prompts]
+        row["fluency"] = sum(ngram_entropy(t.lower().split()) for t in texts) / len(texts)
+        per_request.append(row)
+
+    metrics: dict[str, float] = {"n_requests": float(len(requests))}
+    for key in METRICS:
+        values = [row[key] for row in per_request if key in row]
+        if values:
+            metrics[key] = sum(values) / len(values)
+    return metrics, per_request
+
+
+def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = (*METRICS, "seconds_per_edit")) -> str:
+    """A plain-text table: one row per method, one column per metric ('-' where not measured)."""
+    header = ["method", *columns]
+    lines = [[name, *(f"{row[c]:.3f}" if c in row else "-" for c in columns)] for name, row in rows.items()]
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in lines)])

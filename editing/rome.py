@@ -1,0 +1,91 @@
+"""ROME (Meng et al. 2022): one fact at a time, a rank-one update of one MLP output projection.
+
+For the subject's key k* (the projection's input at the subject's last token, averaged over
+random prefixes) and the value v* = W k* + delta (delta found by `value.optimise_value`),
+    W' = W + (v* - W k*) (C⁻¹ k*)ᵀ / ((C⁻¹ k*)ᵀ k*),
+so W' k* = v* exactly while keys uncorrelated with k* under C = E[k kᵀ] barely move.
+Several requests are applied one after another (each on the model the previous one edited).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmadapt.editing.common import EditResult, MomentHParams, accumulate, add_delta, context_prefixes, regularised
+from mmadapt.editing.requests import EditRequest, check_batch
+from mmadapt.editing.spec import check_layers, default_rome_layer, spec_for
+from mmadapt.editing.stats import StatsCache
+from mmadapt.editing.value import module_io_at_subject, optimise_values
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RomeHParams(MomentHParams):
+    layer: int | None = None  # default: spec.default_rome_layer (see `mmadapt edit trace` to locate one)
+
+
+def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cov: torch.Tensor | None = None,
+                    ridge: float = 0.0, direction: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔW [d_out, d_in] such that (weight + ΔW) @ key == value, along u = C⁻¹ direction (default: the key).
+
+    weight [d_out, d_in], key/direction [d_in], value [d_out]; computed in float64.
+    """
+    w, k, v = weight.double(), key.double(), value.double()
+    d = direction.double().to(k.device) if direction is not None else k
+    u = torch.linalg.solve(regularised(cov.to(k.device), ridge), d) if cov is not None else d  # [d_in]
+    return torch.outer(v - w @ k, u) / (u @ k)  # [d_out, d_in]
+
+
+def apply_rome(model: nn.Module, tok, requests: list[EditRequest], hparams: RomeHParams | None = None,
+               cache: StatsCache | None = None, model_id: str | None = None) -> EditResult:
+    """Apply each request with ROME (in place); the returned deltas sum every update per parameter."""
+    hp = hparams or RomeHParams()
+    check_batch(requests)
+    spec = spec_for(model, hp.spec)
+    layer = check_layers(model, [hp.layer if hp.layer is not None else default_rome_layer(model)], "layer")[0]
+    module, param_name = spec.rewrite_name(layer), spec.weight_name(layer)
+    start = time.perf_counter()
+    cov = None
+    if hp.mom2:  # statistics of the unedited model, computed (or loaded) before any weight changes
+        cache = cache if cache is not None else StatsCache(hp.stats.cache_dir)
+        cov = cache.second_moments(model, tok, [module], hp.stats, model_id=model_id)[module]
+    stats_seconds = time.perf_counter() - start
+    prefixes = context_prefixes(model, tok, hp)
+    deltas: dict[str, torch.Tensor] = {}
+    keys, values, per_request = [], [], []
+    for request in requests:
+        keys_p = module_io_at_subject(model, tok, module, [request], prefixes, average=False)[0][0]  # [n_prefixes, d_in]
+        key = keys_p[0]  # the edit prompt itself (prefix "")
+        delta, _init, infos = optimise_values(model, tok, module, [request], prefixes, hp)
+        delta, info = delta[0], infos[0]
+        weight = spec.to_out_in(model.get_parameter(param_name).detach()).float()  # [d_out, d_in]
+        value = weight @ key + delta  # v* in the projection's bias-free output space
+        update = rank_one_update(weight, key, value, cov, hp.ridge, direction=keys_p.mean(0)).float()
+        update = spec.from_out_in(update)
+        add_delta(model, param_name, update)
+        accumulate(deltas, param_name, update)
+        keys.append(key.cpu())
+        values.append(value.cpu())
+        per_request.append(info)
+        logger.info("ROME %s -> %r at %s: nll %.3f -> %.3f", request.subject, request.target_new, module,
+                    info["nll_before"], info["nll_after"])
+    seconds = time.perf_counter() - start
+    metrics = {
+        "seconds": seconds,
+        "stats_seconds": stats_seconds,
+        "seconds_per_edit": (seconds - stats_seconds) / len(requests),
+        "nll_before": sum(r["nll_before"] for r in per_request) / len(requests),
+        "nll_after": sum(r["nll_after"] for r in per_request) / len(requests),
+        **{f"delta_norm.{name}": float(d.norm()) for name, d in deltas.items()},
+    }
+    return EditResult(deltas, metrics, {"layers": [layer], "keys": keys, "values": values, "module": module,
+                                        "prefixes": prefixes})
+
+
+apply_rome.hparams_class = RomeHParams  # type: ignore[attr-defined]  # the CLI validates --hparams against it
