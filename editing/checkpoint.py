@@ -159,9 +159,11 @@ def write_edited(ckpt: Checkpoint, model: torch.nn.Module, deltas: dict[str, tor
         with safe_open(str(ckpt.llm_dir / file), "pt") as f:
             original = f.get_tensor(key)
         param = model.get_parameter(name)
-        if tuple(original.shape) != tuple(param.shape):
-            raise DataError(f"{ckpt.llm_dir / file}: {key} has shape {list(original.shape)}, the loaded parameter "
-                            f"{list(param.shape)} (the loader converts it; this checkpoint cannot be patched exactly)")
+        base_value = param.detach().float().cpu() - deltas[name].float()  # what the loader gave before the edit
+        if tuple(original.shape) != tuple(param.shape) or not torch.allclose(
+                base_value, original.float(), rtol=1e-5, atol=1e-5 * float(original.float().abs().max()) + 1e-7):
+            raise DataError(f"{ckpt.llm_dir / file}: {key} is not stored as the loaded parameter {name} (the loader "
+                            "converts it on load), so the file cannot be patched exactly")
         edited = (original.float() + deltas[name].float()).to(original.dtype)
         patch_tensor(tmp / llm_rel / file, key, edited)
         with torch.no_grad():

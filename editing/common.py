@@ -136,7 +136,3 @@ def context_prefixes(model: nn.Module, tok, hp: ValueHParams) -> list[str]:
         text = tok.decode(ids if seed_text else ids[n_seed:], skip_special_tokens=True).strip()
         prefixes.append(f"{text}. " if text else "")
     return prefixes
-
-
-def as_float_dict(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()}

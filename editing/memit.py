@@ -1,7 +1,7 @@
 """MEMIT (Meng et al. 2023): many facts at once, spread over a range of MLP layers.
 
 Each request gets a target residual state z_i (found at the last edited layer by
-`value.optimise_value`). Then, layer by layer, the remaining residual R = (z - current) / (layers
+`value.optimise_values`). Then, layer by layer, the remaining residual R = (z - current) / (layers
 left) is written by the least-squares update that keeps the other keys' outputs (weighted by
 λ·C, C = E[k kᵀ] from the same cached statistics as ROME):
     ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹.

@@ -1,10 +1,14 @@
 """ROME (Meng et al. 2022): one fact at a time, a rank-one update of one MLP output projection.
 
-For the subject's key k* (the projection's input at the subject's last token, averaged over
-random prefixes) and the value v* = W k* + delta (delta found by `value.optimise_value`),
-    W' = W + (v* - W k*) (C⁻¹ k*)ᵀ / ((C⁻¹ k*)ᵀ k*),
-so W' k* = v* exactly while keys uncorrelated with k* under C = E[k kᵀ] barely move.
-Several requests are applied one after another (each on the model the previous one edited).
+The key k̄ is the projection's input at the subject's last token averaged over random prefixes;
+k* is that input in the edit prompt itself and v* = W k* + delta, with delta found by
+`value.optimise_values` (target likelihood over the prefixed prompts, KL on essence prompts, norm
+constraint). The update, with C = E[k kᵀ] from the cached statistics and u = C⁻¹ k̄,
+    W' = W + (v* - W k*) uᵀ / (uᵀ k*),
+gives W' k* = v* exactly while keys uncorrelated with k̄ under C barely move. (As in ROME's code:
+the direction comes from the prefix average, the exact write from the prompt's own key; writing
+exactly at k̄ instead misses the prompt whenever prefixes move the key, as they do in small models.)
+Several requests are applied one after another, each on the model the previous one edited.
 """
 
 from __future__ import annotations

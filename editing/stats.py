@@ -118,7 +118,7 @@ def accumulate_second_moments(model: nn.Module, tok, modules: list[str], texts: 
     count = 0
     was_training = model.training
     model.eval()
-    progress = tqdm(total=config.max_tokens, desc="second moments", unit="tok", leave=False)
+    progress = tqdm(total=len(texts), desc="second moments", unit="text", leave=False)
     try:
         for start in range(0, len(texts), config.batch_size):
             batch = [tok(t, truncation=True, max_length=config.max_length)["input_ids"] for t in texts[start : start + config.batch_size]]
@@ -138,7 +138,7 @@ def accumulate_second_moments(model: nn.Module, tok, modules: list[str], texts: 
                 keys = traces[name].input[keep].double()  # [positions, d_in]
                 sums[name] = sums[name] + keys.T @ keys if name in sums else keys.T @ keys
             count += int(keep.sum())
-            progress.update(int(keep.sum()))
+            progress.update(len(batch))
             if count >= config.max_tokens:
                 break
     finally:

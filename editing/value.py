@@ -1,6 +1,7 @@
 """Keys and values shared by ROME and MEMIT.
 
-- key k*: a module's input at the subject's last token, averaged over random prefixes;
+- keys: a module's input at the subject's last token, in the edit prompt and under random prefixes
+  (ROME and MEMIT average the prefixed ones);
 - value: the shift `delta` of a module's output at the subject's last token that makes the
   target likely (NLL over prefixed prompts), keeps the subject's essence (KL on "{} is a") and
   stays small (weight decay, norm clamp). ROME optimises it at the MLP output projection, MEMIT
@@ -59,7 +60,7 @@ def module_io_at_subject(model: nn.Module, tok, module: str, requests: list[Edit
 
 
 def compute_keys(model: nn.Module, tok, module: str, requests: list[EditRequest], prefixes: list[str]) -> torch.Tensor:
-    """k* per request: `module`'s input at the subject's last token, mean over prefixes -> [n, d_in]."""
+    """Per request, `module`'s input at the subject's last token averaged over prefixes -> [n, d_in]."""
     return module_io_at_subject(model, tok, module, requests, prefixes)[0]
 
 

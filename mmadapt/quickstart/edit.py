@@ -57,12 +57,12 @@ def _names(rng: random.Random, n: int) -> list[str]:
     return sorted(names)
 
 
-def make_world(seed: int) -> dict[str, dict[str, str]]:
+def make_world(seed: int, n_subjects: int = N_SUBJECTS) -> dict[str, dict[str, str]]:
     """{subject: {relation: object}} for N_SUBJECTS people named "first last": a few shared first names and a
     distinct family name each, so the subject's last token identifies it (as in "the Eiffel Tower")."""
     rng = random.Random(seed)
     first = _names(rng, 12)
-    names = [f"{rng.choice(first)} {last}" for last in _names(rng, N_SUBJECTS)]
+    names = [f"{rng.choice(first)} {last}" for last in _names(rng, n_subjects)]
     rng.shuffle(names)
     return {name: {rel: rng.choice(objects) for rel, (_, objects) in RELATIONS.items()} for name in names}
 
@@ -94,8 +94,7 @@ def edit_records(world: dict[str, dict[str, str]], subjects: list[str], neighbou
 @torch.no_grad()
 def knowledge(model: torch.nn.Module, tok, world: dict[str, dict[str, str]]) -> float:
     """Share of (subject, relation, template) prompts whose greedy next word is the true object."""
-    from mmadapt.editing.tokens import pad, pad_id
-    from mmadapt.editing.tokens import Encoded
+    from mmadapt.editing.tokens import Encoded, pad, pad_id
 
     items = [(template.format(s), obj) for s, facts in world.items() for rel, obj in facts.items() for template in RELATIONS[rel][0]]
     correct = 0
@@ -110,8 +109,10 @@ def knowledge(model: torch.nn.Module, tok, world: dict[str, dict[str, str]]) -> 
     return correct / len(items)
 
 
-def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], seed: int) -> tuple[Path, float, float]:
-    """Train the tiny GPT-2 with the core trainer until it knows the facts; (llm dir, accuracy, seconds)."""
+def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], seed: int, hidden: int = 128,
+               layers: int = 4, epochs: int = 8) -> tuple[Path, float, float]:
+    """Train the tiny GPT-2 with the core trainer until it knows the facts (up to three rounds, each
+    continuing the last); returns (the final run's LLM directory, accuracy, seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mmadapt.config import load_run
@@ -122,7 +123,7 @@ def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], se
     train_word_tokenizer(lines, out / "tokenizer")
     data = out / "facts.jsonl"
     atomic_write_text(data, "".join(json.dumps({"text": line}) + "\n" for line in lines))
-    llm = {**tiny_llm_config("gpt2", hidden=128, layers=4, heads=4, max_positions=64),
+    llm = {**tiny_llm_config("gpt2", hidden=hidden, layers=layers, heads=4, max_positions=64),
            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
     start, accuracy, previous = time.perf_counter(), 0.0, None
     for round_ in range(3):
@@ -130,7 +131,7 @@ def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], se
         config = load_run({
             "model": {"llm": {"config": llm, "tokenizer": str(out / "tokenizer")}, "init_from": previous},
             "data": {"train": str(data), "format": "text", "max_length": 32},
-            "training": {"epochs": 8 if round_ == 0 else 4, "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05,
+            "training": {"epochs": epochs if round_ == 0 else max(1, epochs // 2), "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05,
                          "scheduler": "cosine", "train_modules": ["llm"], "logging_steps": 100, "precision": "fp32"},
             "objective": {"name": "sft"}, "seed": seed + round_, "output_dir": str(run_dir),
         })
