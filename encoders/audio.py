@@ -311,6 +311,10 @@ class Wav2Vec2Encoder(HFAudioEncoder):
 
         self.config = config
         self.model = load_hf_model(config, WAV2VEC2_FAMILY, "wav2vec2")
+        # HF's conv feature encoder sets requires_grad on its input in training mode, which fails when the waveform
+        # is not a leaf (e.g. it carries gradients); its own parameters train either way.
+        if hasattr(self.model, "feature_extractor"):
+            self.model.feature_extractor._requires_grad = False
         self.feature_extractor = load_feature_extractor(
             config, Wav2Vec2FeatureExtractor, {"sampling_rate": 16000, "do_normalize": True, "return_attention_mask": False}
         )
