@@ -1,0 +1,143 @@
+"""Chunking by tokens with overlap; every chunk keeps its source, page and character offsets into the document.
+
+Chunks are cut on token boundaries of the embedder's own tokenizer (so a chunk never exceeds what the
+embedder reads) and sliced from the original text by character offsets, so a cited passage is
+exactly what the document says, never a detokenised approximation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from mmadapt.errors import ConfigError
+
+TokenSpans = Callable[[str], list[tuple[int, int]]]
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class ChunkConfig:
+    """How documents are cut into passages."""
+
+    size: int | None = None  # tokens per chunk; None: the embedder's limit (at most 256)
+    overlap: int = 32  # tokens shared by consecutive chunks, so a fact cut at a boundary is whole in one of them
+    tokenizer: str = "embedder"  # "embedder" (its tokenizer) | "words" (whitespace) | a HF tokenizer id or path
+
+    def __post_init__(self) -> None:
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"chunk.size must be >= 1, got {self.size}")
+        if self.overlap < 0:
+            raise ValueError(f"chunk.overlap must be >= 0, got {self.overlap}")
+
+
+@dataclass
+class Document:
+    """One unit of ingested content: a text file, a PDF page, a JSONL record or an image."""
+
+    source: str  # the file it came from
+    text: str  # extracted text ("" for an image)
+    doc_id: str  # stable id: the record's id for JSONL, else the source path
+    page: int | None = None  # 1-based PDF page
+    modality: str = "text"  # "text" | "image"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content_hash: str = ""  # SHA-256 of the content (text, or the image's bytes)
+
+
+@dataclass
+class Chunk:
+    """A passage as stored in the index."""
+
+    chunk_id: str
+    text: str
+    source: str
+    doc_id: str
+    page: int | None = None
+    start: int = 0  # character offsets into the document (the PDF page) text
+    end: int = 0
+    modality: str = "text"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content_hash: str = ""  # SHA-256 of the chunk's text (or of the image for an image chunk)
+    doc_hash: str = ""  # the document's content hash (de-duplication across sources)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Whitespace-separated words as (start, end) character spans."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def hf_token_spans(tokenizer: Any) -> TokenSpans:
+    """Character spans of a fast HF tokenizer's tokens (special tokens excluded)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"chunk.tokenizer: {type(tokenizer).__name__} is not a fast tokenizer (needed for character offsets)")
+
+    def spans(text: str) -> list[tuple[int, int]]:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return [(int(s), int(e)) for s, e in enc["offset_mapping"] if e > s]
+
+    return spans
+
+
+def load_token_spans(config: ChunkConfig, embedder: Any | None = None) -> TokenSpans:
+    """The tokenizer a ChunkConfig names, as a text -> token spans function."""
+    if config.tokenizer == "words":
+        return word_spans
+    if config.tokenizer == "embedder":
+        if embedder is None:
+            raise ConfigError("chunk.tokenizer 'embedder' needs an embedder; use 'words' or a tokenizer path")
+        return embedder.token_spans
+    from transformers import AutoTokenizer
+
+    try:
+        return hf_token_spans(AutoTokenizer.from_pretrained(config.tokenizer))
+    except OSError as e:
+        raise ConfigError(f"chunk.tokenizer {config.tokenizer!r} cannot be loaded: {e}") from e
+
+
+def chunk_spans(token_spans: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
+    """Windows of `size` tokens advancing by `size - overlap`, as character (start, end) spans.
+
+    The last window ends at the last token; no window is a pure subset of the previous one.
+    """
+    if size < 1:
+        raise ConfigError(f"chunk.size must be >= 1, got {size}")
+    if overlap >= size:
+        raise ConfigError(f"chunk.overlap ({overlap}) must be smaller than chunk.size ({size})")
+    n = len(token_spans)
+    out: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        stop = min(start + size, n)
+        out.append((token_spans[start][0], token_spans[stop - 1][1]))
+        if stop == n:
+            break
+        start += size - overlap
+    return out
+
+
+def chunk_documents(
+    documents: Iterable[Document], spans_fn: TokenSpans, size: int, overlap: int
+) -> list[Chunk]:
+    """Cut documents into chunks; ids are `DOC_ID#N`, N counting across a document's pages."""
+    chunks: list[Chunk] = []
+    ordinal: dict[str, int] = {}
+    for doc in documents:
+        if doc.modality != "text":
+            n = ordinal.get(doc.doc_id, 0)
+            ordinal[doc.doc_id] = n + 1
+            chunks.append(Chunk(f"{doc.doc_id}#{n}", doc.text, doc.source, doc.doc_id, doc.page, 0, len(doc.text),
+                                doc.modality, dict(doc.metadata), doc.content_hash, doc.content_hash))
+            continue
+        for start, end in chunk_spans(spans_fn(doc.text), size, overlap):
+            text = doc.text[start:end]
+            n = ordinal.get(doc.doc_id, 0)
+            ordinal[doc.doc_id] = n + 1
+            chunks.append(Chunk(f"{doc.doc_id}#{n}", text, doc.source, doc.doc_id, doc.page, start, end,
+                                "text", dict(doc.metadata), sha256_text(text), doc.content_hash))
+    return chunks

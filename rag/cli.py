@@ -1,0 +1,298 @@
+"""`mmadapt rag build|add|delete|query|ask|eval|radit|info`: thin entry points over the rag library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmadapt.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def _build_config(args: argparse.Namespace) -> Any:
+    from mmadapt.config import load
+    from mmadapt.rag.store import RagConfig
+
+    overrides = list(args.set)
+    for flag, key in (("embedder", "embedder.name"), ("embedder_type", "embedder.type"), ("kind", "index.kind"),
+                      ("metric", "index.metric"), ("chunk_size", "chunk.size"), ("overlap", "chunk.overlap")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load(RagConfig, args.config if args.config else {}, overrides)
+
+
+def _print_report(report: Any, ingest_report: Any) -> None:
+    print(ingest_report.summary())
+    print(f"{report.added} passages added, {len(report.skipped)} skipped")
+    for what, reason in report.skipped[:50]:
+        print(f"  skipped {what}: {reason}")
+    if len(report.skipped) > 50:
+        print(f"  ... and {len(report.skipped) - 50} more")
+
+
+def build(args: argparse.Namespace) -> int:
+    from mmadapt.rag.ingest import ingest
+    from mmadapt.rag.store import RagIndex
+
+    config = _build_config(args)
+    ingested = ingest(args.inputs, config.ingest)
+    if not ingested.documents:
+        raise DataError(f"nothing to index in {', '.join(args.inputs)}:\n{ingested.summary()}")
+    index, report = RagIndex.build(args.out, ingested.documents, config, overwrite=args.overwrite)
+    _print_report(report, ingested)
+    print(json.dumps(index.stats(), indent=2))
+    return 0
+
+
+def add(args: argparse.Namespace) -> int:
+    from mmadapt.rag.ingest import ingest
+    from mmadapt.rag.store import RagIndex
+
+    index = RagIndex.open(args.index)
+    ingested = ingest(args.inputs, index.config.ingest)
+    report = index.add_documents(ingested.documents, replace=args.replace)
+    _print_report(report, ingested)
+    print(json.dumps(index.stats(), indent=2))
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    from mmadapt.rag.store import RagIndex
+
+    if not (args.id or args.source or args.doc):
+        raise DataError("rag delete: name what to delete with --id, --source or --doc")
+    index = RagIndex.open(args.index)
+    n = index.delete(chunk_ids=args.id or [], sources=args.source or [], doc_ids=args.doc or [])
+    print(f"deleted {n} passages; {len(index)} remain")
+    return 0 if n else 1
+
+
+def parse_filters(items: list[str]) -> dict[str, Any]:
+    """`key=value` (value read as YAML: numbers, lists `[a, b]`, operators `{gte: 3}`)."""
+    filters: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DataError(f"--filter {item!r}: expected key=value, e.g. source=docs/a.txt or 'year={{gte: 2020}}'")
+        try:
+            filters[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise DataError(f"--filter {item!r}: cannot read the value: {e}") from e
+    return filters
+
+
+def _retriever(args: argparse.Namespace) -> Any:
+    from mmadapt.rag.retrieve import RetrieveConfig, Retriever
+    from mmadapt.rag.store import RagIndex
+
+    index = RagIndex.open(args.index, embedder=None)
+    return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank))
+
+
+def query(args: argparse.Namespace) -> int:
+    if not args.text and not args.image:
+        raise DataError("rag query: give query text, --image PATH, or both")
+    if args.image and not Path(args.image).is_file():
+        raise DataError(f"--image: file not found: {args.image}")
+    hits = _retriever(args).retrieve(args.text, filters=parse_filters(args.filter), image=args.image)
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], indent=2, default=str))
+        return 0
+    for rank, hit in enumerate(hits, 1):
+        text = " ".join(hit.text.split())
+        print(f"{rank:>2}. {hit.score:8.4f}  {hit.chunk_id}  ({hit.citation()})\n    {text[:300]}")
+    if not hits:
+        print("no passages matched")
+    return 0
+
+
+def ask(args: argparse.Namespace) -> int:
+    from mmadapt.model import MultimodalLM
+    from mmadapt.rag.augment import RAGPipeline
+
+    if args.image and not Path(args.image).is_file():
+        raise DataError(f"--image: file not found: {args.image}")
+    pipeline = RAGPipeline(MultimodalLM.from_pretrained(args.model), _retriever(args), max_new_tokens=args.max_new_tokens)
+    answer = pipeline.ask(args.question, image=args.image, filters=parse_filters(args.filter))
+    if args.json:
+        print(json.dumps({"answer": answer.text, "cited": answer.cited, "sources": [s.__dict__ for s in answer.sources]},
+                         indent=2, default=str))
+        return 0
+    print(answer.text)
+    print("\nsources:")
+    for s in answer.sources:
+        mark = "*" if s.n in answer.cited else " "
+        print(f" {mark}[{s.n}] {s.source}{f', page {s.page}' if s.page else ''}  ({s.chunk_id}, score {s.score:.3f})")
+    return 0
+
+
+def read_eval_file(queries_path: str, relevant_path: str | None) -> tuple[list[str], list[set[str]]]:
+    """Queries and their relevant ids: one JSONL of {query, relevant: [ids]}, or JSONL {id, query} plus a
+    relevance file (JSONL {id, relevant} or TSV lines `query_id<TAB>relevant_id`)."""
+    from mmadapt.data.records import read_records
+
+    records = read_records(queries_path)
+    if relevant_path is None:
+        queries, relevant = [], []
+        for where, r in records:
+            if not isinstance(r.get("query"), str) or not isinstance(r.get("relevant"), list) or not r["relevant"]:
+                raise DataError(f"{where}: expected {{\"query\": str, \"relevant\": [ids]}} (or pass a separate relevance file)")
+            queries.append(r["query"])
+            relevant.append({str(x) for x in r["relevant"]})
+        return queries, relevant
+    judged: dict[str, set[str]] = {}
+    path = Path(relevant_path)
+    if not path.is_file():
+        raise DataError(f"relevance file not found: {path}")
+    if path.suffix in (".jsonl", ".json"):
+        for where, r in read_records(path):
+            qid = r.get("id", r.get("query_id"))
+            if qid is None or not isinstance(r.get("relevant"), list):
+                raise DataError(f"{where}: expected {{\"id\": query id, \"relevant\": [ids]}}")
+            judged.setdefault(str(qid), set()).update(str(x) for x in r["relevant"])
+    else:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                parts = line.split("\t")
+                if len(parts) < 2:
+                    raise DataError(f"{path}:{n}: expected `query_id<TAB>relevant_id`")
+                judged.setdefault(parts[0].strip(), set()).add(parts[1].strip())
+    queries, relevant = [], []
+    for where, r in records:
+        qid, text = r.get("id"), r.get("query")
+        if qid is None or not isinstance(text, str):
+            raise DataError(f"{where}: expected {{\"id\": ..., \"query\": str}}")
+        if str(qid) not in judged:
+            raise DataError(f"{where}: query {qid!r} has no relevant ids in {path}")
+        queries.append(text)
+        relevant.append(judged[str(qid)])
+    return queries, relevant
+
+
+def evaluate_cli(args: argparse.Namespace) -> int:
+    from mmadapt.rag.retrieve import evaluate
+
+    queries, relevant = read_eval_file(args.queries, args.relevant)
+    metrics = evaluate(_retriever(args), queries, relevant, ks=args.at, filters=parse_filters(args.filter))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:<14} {value:.4f}")
+    return 0
+
+
+def radit(args: argparse.Namespace) -> int:
+    from mmadapt.data.records import read_records
+    from mmadapt.io import atomic_write_text
+    from mmadapt.rag.augment import RetrievalDataConfig, radit_records
+    from mmadapt.rag.retrieve import RetrieveConfig, Retriever
+    from mmadapt.rag.store import RagIndex
+
+    config = RetrievalDataConfig(index=args.index, k=args.k, distractors=args.distractors, mode=args.mode, seed=args.seed)
+    retriever = Retriever(RagIndex.open(args.index), RetrieveConfig(k=max(args.k, 1), mode=args.mode))
+    records = radit_records(read_records(args.qa), retriever, config)
+    atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for _, r in records))
+    print(f"wrote {len(records)} retrieval-augmented conversations to {args.out} (train them with `mmadapt train`)")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    from mmadapt.rag.store import RagIndex
+
+    index = RagIndex.open(args.index)
+    print(json.dumps(index.stats(), indent=2))
+    if args.verify:
+        from mmadapt.lineage import verify
+
+        problems = verify(args.index)
+        print("verify: OK" if not problems else "verify: FAILED\n  " + "\n  ".join(problems))
+        return 1 if problems else 0
+    return 0
+
+
+def _retrieval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", type=int, default=5, help="passages to return (default 5)")
+    p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default="dense")
+    p.add_argument("--rerank", metavar="MODEL", help="a cross-encoder (hub id or path) to re-rank the candidates")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="metadata filter, e.g. source=docs/a.txt, 'page=[1, 2]', 'year={gte: 2020}' (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    rag = sub.add_parser("rag", help="build, update and query retrieval indices; answer with citations")
+    cmds = rag.add_subparsers(dest="rag_command", metavar="ACTION", required=True)
+
+    p = cmds.add_parser("build", help="ingest files and build a new index directory")
+    p.add_argument("inputs", nargs="+", help="files or directories (txt, md, html, pdf, jsonl, images)")
+    p.add_argument("--out", required=True, help="the index directory to create")
+    p.add_argument("--config", help="a YAML with embedder / chunk / index / ingest sections (examples/rag_build.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--embedder", help="sentence-transformers id or path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--embedder-type", choices=["sentence-transformers", "open_clip"])
+    p.add_argument("--kind", choices=["auto", "flat", "hnsw", "ivfpq"])
+    p.add_argument("--metric", choices=["ip", "l2"])
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--overlap", type=int)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    p.set_defaults(func=build)
+
+    p = cmds.add_parser("add", help="add files to an index (--replace: re-index changed files)")
+    p.add_argument("index")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--replace", action="store_true", help="first remove the passages these files held before")
+    p.set_defaults(func=add)
+
+    p = cmds.add_parser("delete", help="delete passages by chunk id, source file or document id")
+    p.add_argument("index")
+    p.add_argument("--id", action="append", help="chunk id (repeatable)")
+    p.add_argument("--source", action="append", help="source file as indexed (repeatable)")
+    p.add_argument("--doc", action="append", help="document id, e.g. a JSONL record id (repeatable)")
+    p.set_defaults(func=delete)
+
+    p = cmds.add_parser("query", help="retrieve passages for a text (or image) query")
+    p.add_argument("index")
+    p.add_argument("text", nargs="?")
+    p.add_argument("--image", help="an image as the query (index built with an open_clip embedder)")
+    _retrieval_flags(p)
+    p.set_defaults(func=query)
+
+    p = cmds.add_parser("ask", help="answer a question with a model, citing the retrieved passages")
+    p.add_argument("index")
+    p.add_argument("question")
+    p.add_argument("--model", required=True, help="an mmadapt checkpoint directory")
+    p.add_argument("--image", help="an image: a retrieval query and, for a vision model, part of the prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    _retrieval_flags(p)
+    p.set_defaults(func=ask)
+
+    p = cmds.add_parser("eval", help="recall@k and MRR of retrieval on judged queries")
+    p.add_argument("index")
+    p.add_argument("queries", help="JSONL of {query, relevant: [ids]} (or {id, query} with RELEVANT)")
+    p.add_argument("relevant", nargs="?", help="JSONL {id, relevant: [ids]} or TSV query_id<TAB>relevant_id")
+    p.add_argument("--at", type=int, nargs="+", default=[1, 5, 10], help="the k of recall@k (default 1 5 10)")
+    _retrieval_flags(p)
+    p.set_defaults(func=evaluate_cli)
+
+    p = cmds.add_parser("radit", help="write retrieval-augmented SFT conversations (RA-DIT) from QA records")
+    p.add_argument("index")
+    p.add_argument("qa", help="JSONL of {question, answer, relevant: [ids] (optional)}")
+    p.add_argument("--out", required=True, help="conversations JSONL to write (data.train of a run config)")
+    p.add_argument("-k", type=int, default=3, help="retrieved passages per prompt")
+    p.add_argument("--distractors", type=int, default=1, help="random passages added to each prompt")
+    p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default="dense")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=radit)
+
+    p = cmds.add_parser("info", help="counts, embedder and kind of an index (--verify re-hashes its files)")
+    p.add_argument("index")
+    p.add_argument("--verify", action="store_true")
+    p.set_defaults(func=info)

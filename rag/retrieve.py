@@ -1,0 +1,161 @@
+"""Querying an index: dense top-k with metadata filters, hybrid BM25 + dense by reciprocal-rank fusion,
+optional cross-encoder re-ranking, image queries, and retrieval metrics (recall@k, MRR)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterable, Literal, Sequence
+
+from mmadapt.errors import ConfigError, DataError
+from mmadapt.rag.meta import Hit
+from mmadapt.rag.store import RagIndex
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrieveConfig:
+    """How passages are retrieved for a query."""
+
+    k: int = 5
+    mode: Literal["dense", "lexical", "hybrid"] = "dense"
+    candidates: int = 50  # passages each ranking contributes before fusion or re-ranking
+    rrf_k: int = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
+    reranker: str | None = None  # a sentence-transformers CrossEncoder: hub id or local path
+    reranker_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"retrieve.k must be >= 1, got {self.k}")
+        if self.candidates < 1:
+            raise ValueError(f"retrieve.candidates must be >= 1, got {self.candidates}")
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) -> list[tuple[Hashable, float]]:
+    """Fuse rankings: score(d) = sum over rankings of 1 / (k + rank of d), ranks from 1; best first, ties by first appearance."""
+    scores: dict[Hashable, float] = {}
+    for ranking in rankings:
+        for rank, key in enumerate(ranking, 1):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+class Retriever:
+    """Retrieval over one index; the cross-encoder, if any, is loaded once and kept."""
+
+    def __init__(self, index: RagIndex, config: RetrieveConfig | None = None) -> None:
+        self.index = index
+        self.config = config or RetrieveConfig()
+        self._reranker: Any = None
+
+    @property
+    def reranker(self) -> Any:
+        if self._reranker is None and self.config.reranker:
+            from sentence_transformers import CrossEncoder
+
+            try:
+                self._reranker = CrossEncoder(self.config.reranker, device="cpu")
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"retrieve.reranker {self.config.reranker!r} cannot be loaded: {e}") from e
+        return self._reranker
+
+    def retrieve(
+        self, query: str | None = None, k: int | None = None, filters: dict[str, Any] | None = None, image: Any = None,
+    ) -> list[Hit]:
+        """Top-k passages for a text query, an image (path, bytes or PIL image), or both."""
+        return self.retrieve_batch([query] if query is not None else None, k, filters, [image] if image is not None else None)[0]
+
+    def retrieve_batch(
+        self, queries: Sequence[str] | None = None, k: int | None = None, filters: dict[str, Any] | None = None,
+        images: Sequence[Any] | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k for each of several queries (embedded in one batch)."""
+        k = k or self.config.k
+        if not queries and not images:
+            raise DataError("a query needs text, an image, or both")
+        n = len(queries or images or [])
+        if queries and images and len(queries) != len(images):
+            raise DataError(f"{len(queries)} text queries but {len(images)} images")
+        mode = self.config.mode
+        depth = max(k, self.config.candidates) if (mode == "hybrid" or self.config.reranker or images and queries) else k
+        rankings: list[list[list[Hit]]] = [[] for _ in range(n)]
+        if queries and mode in ("dense", "hybrid"):
+            for i, hits in enumerate(self.index.search(self.index.embedder.embed_queries(list(queries)), depth, filters)):
+                rankings[i].append(hits)
+        if images:
+            if "image" not in self.index.embedder.modalities:
+                raise ConfigError(f"{self.index.final_path}: its embedder {self.index.store['embedder']['name']!r} "
+                                  "cannot embed an image query; build the index with embedder.type: open_clip")
+            for i, hits in enumerate(self.index.search(self.index.embedder.embed_images(list(images)), depth, filters)):
+                rankings[i].append(hits)
+        if queries and mode in ("lexical", "hybrid"):
+            for i, query in enumerate(queries):
+                rankings[i].append(self.index.lexical(query, depth, filters))
+        results = []
+        for i in range(n):
+            hits = self._fuse(rankings[i]) if len(rankings[i]) > 1 else rankings[i][0]
+            if self.config.reranker and queries:
+                hits = self._rerank(queries[i], hits)
+            results.append(hits[:k])
+        return results
+
+    def _fuse(self, rankings: list[list[Hit]]) -> list[Hit]:
+        by_id = {h.chunk_id: h for ranking in rankings for h in ranking}
+        fused = reciprocal_rank_fusion([[h.chunk_id for h in r] for r in rankings], self.config.rrf_k)
+        out = []
+        for chunk_id, score in fused:
+            hit = by_id[chunk_id]
+            out.append(Hit(**{**hit.__dict__, "score": float(score)}))
+        return out
+
+    def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        """Order by the cross-encoder's score of (query, passage); images keep their place at the end."""
+        texts = [h for h in hits if h.modality == "text"]
+        if not texts:
+            return hits
+        scores = self.reranker.predict([(query, h.text) for h in texts], batch_size=self.config.reranker_batch_size,
+                                       show_progress_bar=False)
+        ranked = sorted(zip(texts, scores), key=lambda hs: -float(hs[1]))
+        return [Hit(**{**h.__dict__, "score": float(s)}) for h, s in ranked] + [h for h in hits if h.modality != "text"]
+
+
+def hit_keys(hit: Hit) -> set[str]:
+    """The ids a relevance judgement may name for a hit: its chunk id or its document id."""
+    return {hit.chunk_id, hit.doc_id}
+
+
+def recall_at_k(ranked: Sequence[set[str]], relevant: set[str], k: int) -> float:
+    """Fraction of the relevant ids found among the first k results (each result a set of ids it answers to)."""
+    if not relevant:
+        raise DataError("a query with no relevant ids cannot be scored")
+    found = set().union(*ranked[:k]) if ranked[:k] else set()
+    return len(relevant & found) / len(relevant)
+
+
+def reciprocal_rank(ranked: Sequence[set[str]], relevant: set[str]) -> float:
+    """1 / rank of the first relevant result (0 when none is retrieved)."""
+    for rank, keys in enumerate(ranked, 1):
+        if keys & relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def evaluate(
+    retriever: Retriever, queries: list[str], relevant: list[set[str]], ks: Iterable[int] = (1, 5, 10),
+    filters: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Mean recall@k for each k and MRR (over the deepest k) of `queries` against their relevant ids."""
+    ks = sorted(set(ks))
+    if len(queries) != len(relevant):
+        raise DataError(f"{len(queries)} queries but {len(relevant)} relevance sets")
+    results = retriever.retrieve_batch(queries, k=ks[-1], filters=filters)
+    metrics = {f"recall_at_{k}": 0.0 for k in ks} | {"mrr": 0.0}
+    for hits, rel in zip(results, relevant):
+        ranked = [hit_keys(h) for h in hits]
+        for k in ks:
+            metrics[f"recall_at_{k}"] += recall_at_k(ranked, rel, k)
+        metrics["mrr"] += reciprocal_rank(ranked, rel)
+    metrics = {key: value / max(len(queries), 1) for key, value in metrics.items()}  # means over queries
+    metrics["queries"] = float(len(queries))
+    return metrics

@@ -1,0 +1,458 @@
+"""A persistent RAG index directory: faiss index + SQLite metadata + one manifest, crash-safe on every write.
+
+Layout::
+
+    INDEX/manifest.json          the commit point: lineage (kind, config, hashed files, parents) and the
+                                 store's own fields (format version, embedder, metric, counts, generation)
+    INDEX/gen-000007/index.faiss the current generation, never modified once committed
+    INDEX/gen-000007/meta.sqlite
+
+A write copies the current generation into a temp directory, changes the copy, renames it to
+`gen-N+1` and then atomically replaces `manifest.json`. A process killed at any point leaves the
+manifest naming the last complete generation, which is what the next open reads; leftovers are
+removed by the next write. One file (not a lineage manifest beside a store manifest) because a single
+rename must commit the data and the record of it together: two files could disagree after a crash.
+Writers take an advisory lock (`INDEX/.lock`); readers never lock (committed files are immutable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from mmadapt import __version__
+from mmadapt.config import from_dict, to_dict
+from mmadapt.errors import ConfigError, DataError
+from mmadapt.io import atomic_directory, atomic_write_json, sha256_file
+from mmadapt.lineage import describe_input
+from mmadapt.rag import index as vindex
+from mmadapt.rag import meta
+from mmadapt.rag.chunk import Chunk, ChunkConfig, Document, chunk_documents, load_token_spans
+from mmadapt.rag.embed import EmbedderConfig, check_identity, default_model_path, load_embedder
+from mmadapt.rag.index import IndexConfig
+from mmadapt.rag.ingest import IngestConfig
+from mmadapt.rag.meta import Hit
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KIND = "rag_index"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class RagConfig:
+    """Everything an index is built with (recorded in its manifest; `mmadapt rag build --config`)."""
+
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+
+@dataclass
+class AddReport:
+    added: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (chunk or document, reason)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _lock(directory: Path) -> Iterator[None]:
+    """An exclusive advisory lock for writers (POSIX; elsewhere writers must not overlap)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(directory / ".lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of an index directory, validated: a clear DataError when it is not a readable index."""
+    file = path / MANIFEST
+    if not file.is_file():
+        raise DataError(f"{path}: not a RAG index (no {MANIFEST}); build one with `mmadapt rag build`")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file}: unreadable manifest: {e}") from e
+    store = manifest.get("store") if manifest.get("kind") == KIND else None
+    if not isinstance(store, dict):
+        raise DataError(f"{path}: manifest kind is {manifest.get('kind')!r}, not a RAG index ({KIND})")
+    version = store.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        hint = "upgrade mmadapt to read it" if newer else "rebuild it with `mmadapt rag build`"
+        raise DataError(f"{path}: index format version {version}, this mmadapt {__version__} reads version {FORMAT_VERSION}; {hint}")
+    return manifest
+
+
+class RagIndex:
+    """Passages with their embeddings: `add`, `delete`, `update`, `search`; open with `RagIndex.open(dir)`."""
+
+    def __init__(self, path: Path, embedder: Any | None = None, final_path: Path | None = None) -> None:
+        self.path = Path(path)
+        self.final_path = Path(final_path or path)
+        self._embedder = embedder
+        self._load()
+        if embedder is not None:
+            check_identity(self.store["embedder"], embedder.identity, str(self.final_path))
+
+    # ----------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | os.PathLike, embedder: Any | None = None) -> RagIndex:
+        """Open an index; `embedder` (an embedder or its config), if given, must be the one it was built with."""
+        if isinstance(embedder, (EmbedderConfig, dict)):
+            embedder = load_embedder(embedder)
+        return cls(Path(path), embedder)
+
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike, config: RagConfig | None = None, embedder: Any | None = None,
+        final_path: str | os.PathLike | None = None,
+    ) -> RagIndex:
+        """An empty index at a new (or empty) directory `path`."""
+        config = config or RagConfig()
+        path = Path(path)
+        if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+            raise DataError(f"{path} exists and is not empty; choose a new directory (or `rag build --overwrite`)")
+        embedder = embedder or load_embedder(config.embedder)
+        if isinstance(getattr(embedder, "config", None), EmbedderConfig):
+            config = dataclasses.replace(config, embedder=embedder.config)  # record the embedder actually used
+        if config.index.kind == "ivfpq" and config.index.pq_m and embedder.dim % config.index.pq_m:
+            raise ConfigError(f"index.pq_m={config.index.pq_m} must divide the embedding dimension {embedder.dim}")
+        lexical = meta.fts5_available()
+        if not lexical:
+            logger.warning("this Python's sqlite3 has no FTS5: lexical (BM25) and hybrid search will be unavailable")
+        gen_dir = path / "gen-000001"
+        gen_dir.mkdir(parents=True)
+        conn = sqlite3.connect(gen_dir / "meta.sqlite")
+        meta.create_schema(conn, lexical)
+        conn.commit()
+        conn.close()
+        start_kind = vindex.resolve_kind(config.index, 0)
+        empty = vindex.new_index("flat" if start_kind == "ivfpq" else start_kind, embedder.dim, config.index)
+        vindex.write(empty, str(gen_dir / "index.faiss"))
+        parents = []
+        local = Path(config.embedder.name) if Path(config.embedder.name).is_dir() else None
+        if local is None and embedder.identity["name"] == "sentence-transformers/all-MiniLM-L6-v2":
+            local = default_model_path()
+        if local is not None:
+            parents.append(describe_input(local))  # the embedder's weights, hashed: part of the index's lineage
+        store = {
+            "format_version": FORMAT_VERSION, "generation": 1, "embedder": embedder.identity,
+            "metric": config.index.metric, "index_kind": vindex.kind_of(empty), "lexical": lexical,
+            "trained_on": 0, "counts": {"chunks": 0, "documents": 0, "sources": 0, "tombstones": 0, "vectors": 0},
+        }
+        _write_manifest(path, Path(final_path or path), to_dict(config), parents, store, gen_dir)
+        return cls(path, embedder, final_path)
+
+    @classmethod
+    def build(
+        cls, path: str | os.PathLike, documents: list[Document], config: RagConfig | None = None,
+        embedder: Any | None = None, overwrite: bool = False,
+    ) -> tuple[RagIndex, AddReport]:
+        """Create an index from documents in one atomic step: `path` appears complete, or not at all."""
+        config = config or RagConfig()
+        embedder = embedder or load_embedder(config.embedder)
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise DataError(f"{path} exists; pass overwrite (`--overwrite`) to replace it, or `rag add` to extend it")
+        with atomic_directory(path, overwrite=True) as tmp:
+            built = cls.create(tmp, config, embedder, final_path=path)
+            report = built.add_documents(documents)
+            built._close()
+        return cls(path, embedder), report
+
+    def _load(self, attempts: int = 5) -> None:
+        for attempt in range(attempts):
+            self.manifest = read_manifest(self.path)
+            self.store = self.manifest["store"]
+            gen_dir = self.path / f"gen-{self.store['generation']:06d}"
+            try:
+                self._check_files(gen_dir)
+                self.faiss = vindex.read(str(gen_dir / "index.faiss"))
+                self.conn = meta.connect_readonly(str(gen_dir / "meta.sqlite"))
+                self.tombstones = meta.tombstones(self.conn)
+                self.gen_dir = gen_dir
+                return
+            except FileNotFoundError:
+                if attempt == attempts - 1:
+                    raise DataError(f"{self.path}: generation {gen_dir.name} named by the manifest is missing") from None
+                # a writer committed a newer generation and removed this one between our two reads: read again
+
+    def _check_files(self, gen_dir: Path) -> None:
+        for rel, size in self.store.get("sizes", {}).items():
+            file = self.path / rel
+            if not file.is_file():
+                raise FileNotFoundError(file)
+            if file.stat().st_size != size:
+                raise DataError(f"{file}: {file.stat().st_size} bytes, the manifest says {size}; the index is damaged "
+                                "(restore it or rebuild with `mmadapt rag build`)")
+
+    def _config(self) -> RagConfig:
+        return from_dict(RagConfig, self.manifest.get("config", {}), path="manifest.config")
+
+    def _close(self) -> None:
+        self.conn.close()
+
+    @property
+    def config(self) -> RagConfig:
+        return self._config()
+
+    @property
+    def embedder(self) -> Any:
+        """The embedder the index was built with (loaded on first use from the recorded config)."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self.config.embedder)
+            check_identity(self.store["embedder"], self._embedder.identity, str(self.final_path))
+        return self._embedder
+
+    def __len__(self) -> int:
+        return int(self.store["counts"]["chunks"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.store["embedder"]["dim"])
+
+    # ----------------------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Apply changes to a copy of the current generation and commit it as the next one."""
+        with _lock(self.path):
+            current = read_manifest(self.path)["store"]["generation"]
+            if current != self.store["generation"]:
+                self._close()
+                self._load()  # another writer committed since we opened: start from its state
+            existing = [int(p.name[4:]) for p in self.path.glob("gen-*") if p.name[4:].isdigit()]
+            gen = max([current, *existing]) + 1
+            final = self.path / f"gen-{gen:06d}"
+            try:
+                with atomic_directory(final) as tmp:
+                    shutil.copyfile(self.gen_dir / "meta.sqlite", tmp / "meta.sqlite")
+                    conn = sqlite3.connect(tmp / "meta.sqlite")
+                    conn.execute("PRAGMA journal_mode=OFF")  # the whole file is a throwaway copy until committed
+                    try:
+                        yield conn
+                        self._maybe_rebuild(conn)
+                        self.store["counts"] = {**meta.counts(conn), "vectors": int(self.faiss.ntotal)}
+                        conn.commit()
+                    finally:
+                        conn.close()
+                    vindex.write(self.faiss, str(tmp / "index.faiss"))
+                    for name in ("meta.sqlite", "index.faiss"):
+                        _fsync(tmp / name)
+            except BaseException:
+                self._close()
+                self._load()  # the in-memory faiss index may hold half the change: back to the committed state
+                raise
+            self.store.update(generation=gen, index_kind=vindex.kind_of(self.faiss))
+            _write_manifest(self.path, self.final_path, self.manifest["config"], self.manifest["parents"], self.store,
+                            final, created=self.manifest.get("created"))
+            self._close()
+            self._load()
+            for stale in self.path.iterdir():  # earlier generations and temp dirs left by killed writers
+                if stale != final and stale.is_dir() and (stale.name.startswith("gen-") or stale.name.startswith(".gen-")):
+                    shutil.rmtree(stale, ignore_errors=True)
+
+    def _maybe_rebuild(self, conn: sqlite3.Connection) -> None:
+        """Rebuild faiss from the stored vectors when its kind should change, HNSW has many tombstones,
+        or IVF-PQ has outgrown the set its codebooks were trained on."""
+        cfg = self.config.index
+        live = conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        dead = conn.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0]
+        kind = vindex.kind_of(self.faiss)
+        want = vindex.resolve_kind(cfg, live)
+        if want == "ivfpq" and live < vindex.min_train_size(cfg):
+            want = "flat"  # too few passages to train codebooks yet (kept exact until there are)
+        trained = self.store.get("trained_on", 0)
+        reasons = []
+        if want != kind:
+            reasons.append(f"{kind} -> {want} for {live} passages")
+        if dead and dead > cfg.compact_ratio * max(self.faiss.ntotal, 1):
+            reasons.append(f"compacting {dead} deleted vectors")
+        if kind == "ivfpq" and want == kind and live > cfg.retrain_growth * max(trained, 1):
+            reasons.append(f"retraining IVF-PQ ({trained} -> {live} passages)")
+        if not reasons:
+            return
+        logger.info("rebuilding the faiss index: %s", "; ".join(reasons))
+        ids, vectors = meta.all_vectors(conn, self.dim)
+        self.faiss = vindex.new_index(want, self.dim, cfg, train=_training_sample(vectors) if want == "ivfpq" else None)
+        vindex.add(self.faiss, vectors, ids)
+        conn.execute("DELETE FROM tombstones")
+        self.store["trained_on"] = live if want == "ivfpq" else 0
+
+    def _dedup(self, conn: sqlite3.Connection, chunks: list[Chunk], report: AddReport) -> list[int]:
+        """Indices of `chunks` to keep: documents and passages whose content is already indexed are skipped."""
+        have_docs = meta.existing_hashes(conn, "doc_hash", {c.doc_hash for c in chunks})
+        have_chunks = meta.existing_hashes(conn, "content_hash", {c.content_hash for c in chunks})
+        keep, seen, seen_ids = [], set(), set()
+        for i, c in enumerate(chunks):
+            if c.doc_hash in have_docs and have_docs[c.doc_hash] != c.source:
+                report.skipped.append((c.chunk_id, f"same document content already indexed from {have_docs[c.doc_hash]}"))
+            elif c.content_hash in have_chunks or c.content_hash in seen:
+                report.skipped.append((c.chunk_id, f"duplicate passage (already in {have_chunks.get(c.content_hash, 'this batch')})"))
+            elif c.chunk_id in seen_ids or meta.ids_for(conn, chunk_ids=[c.chunk_id]).size:
+                report.skipped.append((c.chunk_id, "chunk id already in the index (use update to replace it)"))
+            else:
+                keep.append(i)
+                seen.add(c.content_hash)
+                seen_ids.add(c.chunk_id)
+        return keep
+
+    def _delete_rows(self, conn: sqlite3.Connection, rows: np.ndarray) -> None:
+        if len(rows):
+            removed = vindex.remove(self.faiss, rows)
+            meta.delete(conn, rows, tombstone=not removed)
+
+    def embed_chunks(self, chunks: list[Chunk]) -> np.ndarray:
+        """[n] chunks -> [n, dim]: text passages by the text tower, images by the image tower."""
+        vectors = np.zeros((len(chunks), self.dim), dtype=np.float32)
+        text = [i for i, c in enumerate(chunks) if c.modality == "text"]
+        image = [i for i, c in enumerate(chunks) if c.modality == "image"]
+        if text:
+            vectors[text] = self.embedder.embed_documents([chunks[i].text for i in text])
+        if image:
+            vectors[image] = self.embedder.embed_images([chunks[i].source for i in image])
+        return vectors
+
+    def chunk(self, documents: list[Document]) -> list[Chunk]:
+        cfg = self.config.chunk
+        size = cfg.size or min(256, self.embedder.max_tokens)
+        return chunk_documents(documents, load_token_spans(cfg, self.embedder), size, min(cfg.overlap, size - 1))
+
+    def add_documents(self, documents: list[Document], replace: bool = False) -> AddReport:
+        """Chunk, embed and add documents; `replace`: first remove what their sources held (an updated file)."""
+        report = AddReport()
+        images = [d for d in documents if d.modality == "image"]
+        if images and "image" not in self.embedder.modalities:
+            report.skipped += [(d.source, "an image needs an image embedder (embedder.type: open_clip)") for d in images]
+            documents = [d for d in documents if d.modality != "image"]
+        sources = sorted({d.source for d in documents}) if replace else []
+        return self.add_chunks(self.chunk(documents), replace_sources=sources, report=report)
+
+    def add_chunks(
+        self, chunks: list[Chunk], vectors: np.ndarray | None = None, replace_sources: list[str] = (),
+        replace_ids: bool = False, report: AddReport | None = None,
+    ) -> AddReport:
+        """Add passages (embedded here unless `vectors` [n, dim] are given) in one committed write."""
+        report = report or AddReport()
+        if not replace_sources and not replace_ids:  # embed only what is new (duplicates are common on re-ingest)
+            keep = self._dedup(self.conn, chunks, AddReport())
+            chunks = [chunks[i] for i in keep]
+            vectors = vectors[keep] if vectors is not None else None
+        if vectors is None:
+            vectors = self.embed_chunks(chunks)
+        if vectors.shape != (len(chunks), self.dim):
+            raise DataError(f"vectors have shape {vectors.shape}, expected ({len(chunks)}, {self.dim})")
+        with self._transaction() as conn:
+            rows = meta.ids_for(conn, sources=replace_sources, chunk_ids=[c.chunk_id for c in chunks] if replace_ids else ())
+            self._delete_rows(conn, rows)
+            keep = self._dedup(conn, chunks, report)
+            ids = meta.insert(conn, [chunks[i] for i in keep], vectors[keep])
+            vindex.add(self.faiss, vectors[keep], ids)
+            report.added = len(keep)
+        logger.info("added %d passages (%d skipped) to %s", report.added, len(report.skipped), self.final_path)
+        return report
+
+    def update(self, chunks: list[Chunk], vectors: np.ndarray | None = None) -> AddReport:
+        """Replace passages by chunk id (new text, metadata or vector); ids not present yet are added."""
+        return self.add_chunks(chunks, vectors, replace_ids=True)
+
+    def delete(self, chunk_ids: list[str] = (), sources: list[str] = (), doc_ids: list[str] = ()) -> int:
+        """Delete passages by chunk id, source file or document id; returns how many were deleted."""
+        rows = meta.ids_for(self.conn, chunk_ids, sources, doc_ids)
+        if not len(rows):
+            return 0
+        with self._transaction() as conn:
+            rows = meta.ids_for(conn, chunk_ids, sources, doc_ids)
+            self._delete_rows(conn, rows)
+        return len(rows)
+
+    # ----------------------------------------------------------------------------- reading
+    def search(self, queries: np.ndarray, k: int = 5, filters: dict[str, Any] | None = None) -> list[list[Hit]]:
+        """Dense top-k for each query vector [q, dim] (higher score is better), restricted by metadata filters."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.dim:
+            raise DataError(f"query vectors have dimension {queries.shape[1]}, the index holds {self.dim}")
+        cfg = self.config.index
+        live = max(len(self), 1)
+        allowed = meta.filtered_ids(self.conn, filters) if filters else None
+        kind = vindex.kind_of(self.faiss)
+        fetch = k * cfg.refine if kind == "ivfpq" and cfg.refine else k
+        if allowed is not None and (len(allowed) == 0 or (kind != "flat" and len(allowed) <= cfg.exact_filter_max)):
+            ids, vectors = meta.vectors_for(self.conn, allowed, self.dim)
+            scores, found = vindex.exact_topk(queries, vectors, ids, k, cfg.metric)
+        else:
+            fraction = len(allowed) / live if allowed is not None else 1.0
+            scores, found = vindex.search(self.faiss, queries, fetch, cfg, allowed, self.tombstones, fraction)
+            if fetch > k:  # IVF-PQ: re-score the candidates with the exact vectors
+                rescored = []
+                for query, candidates in zip(queries, found):
+                    cand_ids, cand_vectors = meta.vectors_for(self.conn, candidates, self.dim)
+                    rescored.append(vindex.exact_topk(query[None], cand_vectors, cand_ids, k, cfg.metric))
+                scores = np.concatenate([s for s, _ in rescored])  # [q, k]
+                found = np.concatenate([f for _, f in rescored])
+        return [meta.hits_for(self.conn, [int(i) for i in row if i >= 0], [float(s) for s, i in zip(srow, row) if i >= 0])
+                for srow, row in zip(scores, found)]
+
+    def lexical(self, query: str, k: int = 5, filters: dict[str, Any] | None = None) -> list[Hit]:
+        """BM25 top-k over the passages' text."""
+        if not self.store.get("lexical"):
+            raise ConfigError(f"{self.final_path}: built without an FTS5 table (this sqlite3 lacks FTS5); use dense search")
+        ids, scores = meta.lexical(self.conn, query, k, filters)
+        return meta.hits_for(self.conn, ids, scores)
+
+    def get(self, chunk_ids: Sequence[str] = (), doc_ids: Sequence[str] = ()) -> list[Hit]:
+        """Passages by chunk id or document id (score 0), in index order."""
+        rows = meta.ids_for(self.conn, chunk_ids=chunk_ids, doc_ids=doc_ids)
+        return meta.hits_for(self.conn, [int(r) for r in rows], [0.0] * len(rows))
+
+    def chunk_ids(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT chunk_id FROM chunks ORDER BY id")]
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": str(self.final_path), "generation": self.store["generation"], "kind": self.store["index_kind"],
+                "metric": self.store["metric"], "embedder": self.store["embedder"], **self.store["counts"]}
+
+
+def _training_sample(vectors: np.ndarray, limit: int = 200_000, seed: int = 0) -> np.ndarray:
+    """At most `limit` rows, drawn reproducibly (codebooks need a sample, not the whole corpus)."""
+    if len(vectors) <= limit:
+        return vectors
+    return vectors[np.random.default_rng(seed).choice(len(vectors), limit, replace=False)]
+
+
+def _write_manifest(
+    path: Path, final_path: Path, config: dict[str, Any], parents: list[dict[str, Any]], store: dict[str, Any],
+    gen_dir: Path, created: str | None = None,
+) -> None:
+    """Commit: one atomic replace of manifest.json names the new generation, its checksums and sizes."""
+    files = {f"{gen_dir.name}/{name}": sha256_file(gen_dir / name) for name in ("index.faiss", "meta.sqlite")}
+    store = {**store, "sizes": {rel: (path / rel).stat().st_size for rel in files}}
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(path / MANIFEST, {
+        "kind": KIND, "mmadapt_version": __version__, "created": created or now, "updated": now,
+        "path": str(final_path), "config": config, "files": files, "parents": parents, "store": store,
+    })
