@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from mmadapt.cli import main
 from mmadapt.lineage import hash_files, read_manifest, verify
-from tests.editing.conftest import fact_request
+from edit_helpers import fact_request
 
 
 def write_edits(path, world, subjects, neighbours, drop_true=()):

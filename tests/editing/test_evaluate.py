@@ -7,7 +7,7 @@ import pytest
 from mmadapt.editing.evaluate import evaluate, fill_missing_targets, format_table, ngram_entropy
 from mmadapt.editing.requests import parse_requests
 from mmadapt.errors import DataError
-from tests.editing.conftest import fact_request
+from edit_helpers import fact_request
 
 
 def test_ngram_entropy_by_hand():

@@ -5,7 +5,7 @@ import torch
 from mmadapt.editing.ft import FTHParams, apply_ft
 from mmadapt.editing.requests import parse_requests
 from mmadapt.editing.tokens import score_targets
-from tests.editing.conftest import tiny_model
+from edit_helpers import tiny_model
 
 
 def test_ft_is_constrained_and_learns(word_tok):

@@ -9,7 +9,7 @@ from mmadapt.editing.spec import spec_for
 from mmadapt.editing.stats import StatsConfig
 from mmadapt.editing.tokens import score_targets
 from mmadapt.editing.value import module_io_at_subject
-from tests.editing.conftest import FAMILIES, tiny_model
+from edit_helpers import FAMILIES, tiny_model
 
 REQUESTS = [{"prompt": "the tower of {}", "subject": "alba", "target_new": "rome", "target_true": "paris"},
             {"prompt": "the castle of {}", "subject": "cimo", "target_new": "oslo", "target_true": "rome"}]

@@ -8,7 +8,7 @@ from mmadapt.editing.rome import RomeHParams, apply_rome, rank_one_update
 from mmadapt.editing.spec import spec_for
 from mmadapt.editing.stats import StatsConfig
 from mmadapt.editing.tokens import score_targets
-from tests.editing.conftest import FAMILIES, tiny_model
+from edit_helpers import FAMILIES, tiny_model
 
 # The subject ends the prompt, so its last token is where the answer is read (as in the quickstart's catalogue).
 REQUEST = {"prompt": "the tower of {}", "subject": "alba", "target_new": "rome", "target_true": "paris"}

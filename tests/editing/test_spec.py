@@ -5,7 +5,7 @@ import torch
 
 from mmadapt.editing.spec import check_layers, default_memit_layers, default_rome_layer, get_spec, spec_for, supported
 from mmadapt.errors import ConfigError
-from tests.editing.conftest import FAMILIES, tiny_model
+from edit_helpers import FAMILIES, tiny_model
 
 
 def test_supported_families_are_the_documented_ones():

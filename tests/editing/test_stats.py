@@ -6,7 +6,7 @@ from mmadapt.editing.requests import parse_requests
 from mmadapt.editing.rome import RomeHParams, apply_rome
 from mmadapt.editing.stats import StatsCache, StatsConfig
 from mmadapt.hooks import Trace
-from tests.editing.conftest import corpus_texts, tiny_model
+from edit_helpers import corpus_texts, tiny_model
 
 MODULE = "model.layers.1.mlp.down_proj"
 

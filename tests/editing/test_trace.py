@@ -5,7 +5,7 @@ import torch
 
 from mmadapt.editing.trace import plot_trace, trace_fact
 from mmadapt.errors import ConfigError
-from tests.editing.conftest import tiny_model
+from edit_helpers import tiny_model
 
 
 def test_trace_scores_and_heat_map(word_tok, tmp_path):
