@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from mmadapt.config import from_dict
 from mmadapt.errors import ConfigError, DataError
@@ -78,6 +78,27 @@ def messages_for(question: str, hits: Sequence[Hit], config: PromptConfig, media
     return messages + [{"role": "user", "content": build_prompt(question, hits, config, media_placeholder)}]
 
 
+def strip_placeholders(text: str) -> str:
+    """`text` without media placeholders (`<image>` ...): they mean nothing to a retriever."""
+    from mmadapt.model import PLACEHOLDERS
+
+    if not any(p in text for p in PLACEHOLDERS.values()):
+        return text
+    for placeholder in PLACEHOLDERS.values():
+        text = text.replace(placeholder, " ")
+    return " ".join(text.split())
+
+
+def media_placeholders(record: dict[str, Any], question: str, where: str) -> str | None:
+    """Placeholders for the media a QA record carries that its question does not place itself (one per item)."""
+    from mmadapt.data.conversations import media_list
+    from mmadapt.model import PLACEHOLDERS
+
+    lead = "".join(placeholder * len(media_list(record, modality, where))
+                   for modality, placeholder in PLACEHOLDERS.items() if placeholder not in question)
+    return lead or None
+
+
 def cited_numbers(text: str, n_passages: int) -> list[int]:
     """Passage numbers cited as [n] in `text` (in order, once each, only numbers that were given)."""
     return list(dict.fromkeys(int(m) for m in _CITE.findall(text) if 1 <= int(m) <= n_passages))
@@ -105,7 +126,8 @@ class RAGPipeline:
 
         if images is not None and len(images) != len(questions):
             raise DataError(f"{len(questions)} questions but {len(images)} images")
-        text_queries = [q for q in questions] if any(q.strip() for q in questions) else None
+        queries = [strip_placeholders(q) for q in questions]
+        text_queries = queries if any(q.strip() for q in queries) else None
         if retrieve:
             all_hits = self.retriever.retrieve_batch(text_queries, k, filters, images)
         else:
@@ -115,7 +137,9 @@ class RAGPipeline:
             image = images[i] if images is not None else None
             see_image = image is not None and "image" in getattr(self.model, "encoders", {})
             media = {"image": [image]} if see_image else {}
-            prompts.append((messages_for(question, hits, self.prompt, PLACEHOLDERS["image"] if see_image else None), media))
+            # the placeholder leads the turn, as in RA-DIT training, unless the question places it itself
+            lead = PLACEHOLDERS["image"] if see_image and PLACEHOLDERS["image"] not in question else None
+            prompts.append((messages_for(question, hits, self.prompt, lead), media))
         texts = generate_batch(self.model, prompts, max_new_tokens=self.max_new_tokens)
         answers = []
         for text, hits in zip(texts, all_hits):
@@ -134,16 +158,20 @@ class RetrievalDataConfig:
     distractors: int = 1  # random passages added to them (RA-DIT: the model learns to ignore what does not answer)
     ensure_relevant: bool = True  # put a relevant passage in when retrieval missed it (else the target is unanswerable)
     shuffle: bool = True  # passage order shuffled, so the answer's position carries no signal
+    repeats: int = 1  # examples per QA record, each with its own distractors and passage order
     question_key: str = "question"
     answer_key: str = "answer"
     relevant_key: str = "relevant"  # chunk or document ids of the passages that answer (optional)
-    mode: str = "dense"
+    mode: Literal["dense", "lexical", "hybrid"] = "dense"
     seed: int = 0
     prompt: dict[str, Any] = field(default_factory=dict)  # PromptConfig fields
 
     def __post_init__(self) -> None:
         if self.k < 0 or self.distractors < 0 or self.k + self.distractors < 1:
-            raise ValueError("data.retrieval: k and distractors must be >= 0 and not both 0")
+            raise ConfigError(f"k and distractors must be >= 0 and not both 0, got k={self.k}, "
+                              f"distractors={self.distractors}")
+        if self.repeats < 1:
+            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
 
 
 def radit_records(
@@ -169,29 +197,47 @@ def radit_records(
         answers.append(a)
         relevant.append(set(rel))
     index = retriever.index
+    gold_by_key = _passages_by_key(index, set().union(*relevant))
     all_ids = index.chunk_ids() if config.distractors else []
-    retrieved = retriever.retrieve_batch(questions, k=max(config.k, 1)) if config.k else [[] for _ in questions]
+    queries = [strip_placeholders(q) for q in questions]
+    retrieved = retriever.retrieve_batch(queries, k=max(config.k, 1)) if config.k else [[] for _ in questions]
     out = []
-    for (where, record), q, a, rel, hits in zip(records, questions, answers, relevant, retrieved):
-        hits = list(hits[: config.k])
-        if rel and config.ensure_relevant and not any({h.chunk_id, h.doc_id} & rel for h in hits):
-            gold = index.get(chunk_ids=sorted(rel), doc_ids=sorted(rel))
-            if gold:
-                hits = (hits[:-1] if len(hits) >= max(config.k, 1) else hits) + [gold[0]]
-        taken = {h.chunk_id for h in hits}
-        pool = [c for c in rng.sample(all_ids, min(len(all_ids), config.distractors + len(taken) + 8)) if c not in taken]
-        hits += index.get(pool[: config.distractors])
-        if config.shuffle:
-            rng.shuffle(hits)
-        conversation = {
-            "id": str(record.get("id", where)),
-            "conversations": [{"from": "human", "value": build_prompt(q, hits, prompt)}, {"from": "gpt", "value": a}],
-        }
-        for modality in ("image", "audio", "video"):
-            if modality in record:
-                conversation[modality] = record[modality]
-        out.append((where, conversation))
+    for (where, record), q, a, rel, found in zip(records, questions, answers, relevant, retrieved):
+        missing = sorted(rel - gold_by_key.keys())
+        if missing:
+            raise DataError(f"{where}: {config.relevant_key!r} names ids that are not in the index {index.final_path}: "
+                            f"{missing[:5]} (use chunk ids like 'DOC#0' or document ids)")
+        gold = {h.chunk_id: h for key in sorted(rel) for h in gold_by_key[key]}
+        found = list(found[: config.k])
+        if gold and config.ensure_relevant and not any(h.chunk_id in gold for h in found):
+            found = (found[:-1] if len(found) >= max(config.k, 1) else found) + [min(gold.values(), key=lambda h: h.row)]
+        lead = media_placeholders(record, q, where)
+        for copy in range(config.repeats):  # fresh distractors and order for every copy
+            hits = list(found)
+            taken = {h.chunk_id for h in hits} | set(gold)  # a distractor never answers the question
+            pool = [c for c in rng.sample(all_ids, min(len(all_ids), config.distractors + len(taken))) if c not in taken]
+            hits += index.get(pool[: config.distractors])
+            if config.shuffle:
+                rng.shuffle(hits)
+            rid = str(record.get("id", where))
+            conversation = {
+                "id": rid if config.repeats == 1 else f"{rid}/{copy}",
+                "conversations": [{"from": "human", "value": build_prompt(q, hits, prompt, lead)}, {"from": "gpt", "value": a}],
+            }
+            for modality in ("image", "audio", "video"):
+                if modality in record:
+                    conversation[modality] = record[modality]
+            out.append((where, conversation))
     return out
+
+
+def _passages_by_key(index: Any, keys: set[str]) -> dict[str, list[Hit]]:
+    """{chunk id or document id: its passages} for the ids in `keys` that the index holds."""
+    by_key: dict[str, list[Hit]] = {}
+    for hit in index.get(chunk_ids=sorted(keys), doc_ids=sorted(keys)):
+        for key in {hit.chunk_id, hit.doc_id} & keys:
+            by_key.setdefault(key, []).append(hit)
+    return by_key
 
 
 def load_retrieval_conversations(path: str, model: Any, data_cfg: Any, stats_prefix: str) -> tuple[list, dict[str, float]]:

@@ -101,23 +101,37 @@ def load_token_spans(config: ChunkConfig, embedder: Any | None = None) -> TokenS
 
 
 def chunk_spans(token_spans: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
-    """Windows of `size` tokens advancing by `size - overlap`, as character (start, end) spans.
+    """Windows of at most `size` tokens, each starting up to `overlap` tokens before the previous one ended,
+    as character (start, end) spans.
 
-    The last window ends at the last token; no window is a pure subset of the previous one.
+    Windows begin and end on word boundaries (a token glued to the previous one, like a "##piece", continues its
+    word), so a passage never opens on a word fragment; only a word longer than `size` tokens is cut inside.
+    Every token is in some window, the last window ends at the last token, and no window is a subset of the
+    previous one.
     """
     if size < 1:
         raise ConfigError(f"chunk.size must be >= 1, got {size}")
     if overlap >= size:
         raise ConfigError(f"chunk.overlap ({overlap}) must be smaller than chunk.size ({size})")
     n = len(token_spans)
+    word_start = [i == 0 or token_spans[i][0] != token_spans[i - 1][1] for i in range(n)]
     out: list[tuple[int, int]] = []
-    start = 0
+    start, prev_stop = 0, 0
     while start < n:
         stop = min(start + size, n)
+        if stop < n and not word_start[stop]:
+            back = stop
+            while back > max(start, prev_stop) and not word_start[back]:
+                back -= 1
+            if back > max(start, prev_stop):
+                stop = back  # end before the word that would be cut
         out.append((token_spans[start][0], token_spans[stop - 1][1]))
         if stop == n:
             break
-        start += size - overlap
+        # Start the next window `overlap` tokens back, moved forward to a word start (less overlap, never a gap).
+        nxt = max(stop - overlap, start + 1)
+        first_word = next((i for i in range(nxt, stop + 1) if word_start[i]), None)
+        start, prev_stop = (first_word if first_word is not None else nxt), stop  # None: inside one giant word
     return out
 
 

@@ -57,6 +57,8 @@ def add(args: argparse.Namespace) -> int:
 
     index = RagIndex.open(args.index)
     ingested = ingest(args.inputs, index.config.ingest)
+    if not ingested.documents:
+        raise DataError(f"nothing to add from {', '.join(args.inputs)}:\n{ingested.summary()}")
     report = index.add_documents(ingested.documents, replace=args.replace)
     _print_report(report, ingested)
     print(json.dumps(index.stats(), indent=2))
@@ -70,8 +72,12 @@ def delete(args: argparse.Namespace) -> int:
         raise DataError("rag delete: name what to delete with --id, --source or --doc")
     index = RagIndex.open(args.index)
     n = index.delete(chunk_ids=args.id or [], sources=args.source or [], doc_ids=args.doc or [])
+    if not n:
+        named = [f"--{flag} {v}" for flag in ("id", "source", "doc") for v in getattr(args, flag) or []]
+        raise DataError(f"{args.index}: no passage matches {', '.join(named)} (`mmadapt rag query --json` shows the "
+                        "chunk_id, source and doc_id of passages)")
     print(f"deleted {n} passages; {len(index)} remain")
-    return 0 if n else 1
+    return 0
 
 
 def parse_filters(items: list[str]) -> dict[str, Any]:
@@ -218,8 +224,18 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _retrieval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", type=int, default=5, help="passages to return (default 5)")
+    p.add_argument("-k", type=_positive_int, default=5, help="passages to return (default 5)")
     p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default="dense")
     p.add_argument("--rerank", metavar="MODEL", help="a cross-encoder (hub id or path) to re-rank the candidates")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
@@ -278,7 +294,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("index")
     p.add_argument("queries", help="JSONL of {query, relevant: [ids]} (or {id, query} with RELEVANT)")
     p.add_argument("relevant", nargs="?", help="JSONL {id, relevant: [ids]} or TSV query_id<TAB>relevant_id")
-    p.add_argument("--at", type=int, nargs="+", default=[1, 5, 10], help="the k of recall@k (default 1 5 10)")
+    p.add_argument("--at", type=_positive_int, nargs="+", default=[1, 5, 10], help="the k of recall@k (default 1 5 10)")
     _retrieval_flags(p)
     p.set_defaults(func=evaluate_cli)
 

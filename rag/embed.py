@@ -50,6 +50,13 @@ def default_model_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def _same_dir(name: str, directory: Path) -> bool:
+    try:
+        return Path(name).is_dir() and Path(name).resolve() == directory.resolve()
+    except OSError:
+        return False
+
+
 def _normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
@@ -66,9 +73,10 @@ class SentenceTransformerEmbedder:
         self.config = config
         name = config.name
         source = name
-        if name in _DEFAULT_ALIASES:
-            name = DEFAULT_EMBEDDER  # one identity whether loaded from the bundled package or the hub
-            source = str(default_model_path() or DEFAULT_EMBEDDER)
+        bundled = default_model_path()
+        if name in _DEFAULT_ALIASES or (bundled is not None and _same_dir(name, bundled)):
+            name = DEFAULT_EMBEDDER  # one identity whether loaded by alias, from the bundled package's path or the hub
+            source = str(bundled or DEFAULT_EMBEDDER)
         try:
             self.model = SentenceTransformer(source, device=config.device, trust_remote_code=config.trust_remote_code)
         except (OSError, ValueError) as e:
@@ -76,7 +84,11 @@ class SentenceTransformerEmbedder:
                               f"a local path needs a sentence-transformers directory): {e}") from e
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
-        self.max_tokens = int(self.model.max_seq_length or 256)
+        # The model reads max_seq_length tokens including [CLS]/[SEP] and any document prompt: a chunk gets the rest.
+        tokenizer = self.model.tokenizer
+        prompt = next((self.model.prompts[p] for p in ("document", "passage", "corpus") if self.model.prompts.get(p)), "")
+        reserved = tokenizer.num_special_tokens_to_add(pair=False) + len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        self.max_tokens = max(1, int(self.model.max_seq_length or 256) - reserved)
         self.identity = {"type": "sentence-transformers", "name": name, "dim": self.dim}
         self.token_spans = hf_token_spans(self.model.tokenizer)
 
@@ -168,6 +180,19 @@ def load_embedder(config: EmbedderConfig | dict[str, Any]) -> SentenceTransforme
         config = from_dict(EmbedderConfig, config, path="embedder")
     logger.info("loading %s embedder %s", config.type, config.name)
     return EMBEDDERS[config.type](config)
+
+
+def local_weights(config: EmbedderConfig) -> list[Path]:
+    """The local files or directories holding an embedder's weights (none for a hub id or a pretrained tag)."""
+    if config.type == "open_clip":
+        folder = config.name.removeprefix("local-dir:")
+        paths = [Path(folder)] if config.name.startswith("local-dir:") or Path(folder).is_dir() else []
+        paths += [Path(config.pretrained)] if config.pretrained and Path(config.pretrained).is_file() else []
+    elif config.name in _DEFAULT_ALIASES:
+        paths = [p for p in [default_model_path()] if p is not None]
+    else:
+        paths = [Path(config.name)]
+    return [p.resolve() for p in paths if p.exists()]  # absolute: lineage re-hashes them from any directory
 
 
 def check_identity(expected: dict[str, Any], actual: dict[str, Any], where: str) -> None:

@@ -101,7 +101,7 @@ def _html(path: Path) -> tuple[str, dict[str, Any]]:
 
 def _pdf_pages(path: Path) -> list[tuple[int, str]]:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import PyPdfError  # base of PdfReadError and DependencyError (AES without a crypto package)
 
     try:
         reader = PdfReader(str(path))
@@ -110,7 +110,7 @@ def _pdf_pages(path: Path) -> list[tuple[int, str]]:
         pages = [(i + 1, _clean(page.extract_text() or "")) for i, page in enumerate(reader.pages)]
     except _Skip:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as e:
         raise _Skip(f"unreadable PDF: {e}") from None
     pages = [(n, t) for n, t in pages if t]
     if not pages:
@@ -121,7 +121,7 @@ def _pdf_pages(path: Path) -> list[tuple[int, str]]:
 def _records(path: Path, config: IngestConfig, report: IngestReport) -> list[Document]:
     """JSONL (one object per line) or a JSON list: `text_key` is the passage, other keys become metadata."""
     text = _read_text(path)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:

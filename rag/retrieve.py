@@ -13,6 +13,12 @@ from mmadapt.rag.store import RagIndex
 
 logger = logging.getLogger(__name__)
 
+# FTS5 floors a term's BM25 idf at 1e-6, so a passage matching only words found in half the corpus or more
+# ("the", "in") scores about 0: no lexical evidence. Fused by rank, such a match would still outrank a strong
+# dense match missing from the lexical list, so hits at or below this score are left out of a fused ranking.
+MIN_LEXICAL_SCORE = 1e-3
+MODES = ("dense", "lexical", "hybrid")
+
 
 @dataclass
 class RetrieveConfig:
@@ -27,9 +33,11 @@ class RetrieveConfig:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise ValueError(f"retrieve.k must be >= 1, got {self.k}")
+            raise ConfigError(f"retrieve.k must be >= 1, got {self.k}")
         if self.candidates < 1:
-            raise ValueError(f"retrieve.candidates must be >= 1, got {self.candidates}")
+            raise ConfigError(f"retrieve.candidates must be >= 1, got {self.candidates}")
+        if self.mode not in MODES:
+            raise ConfigError(f"retrieve.mode {self.mode!r}; valid: {', '.join(MODES)}")
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) -> list[tuple[Hashable, float]]:
@@ -71,7 +79,9 @@ class Retriever:
         images: Sequence[Any] | None = None,
     ) -> list[list[Hit]]:
         """Top-k for each of several queries (embedded in one batch)."""
-        k = k or self.config.k
+        k = self.config.k if k is None else k
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
         if not queries and not images:
             raise DataError("a query needs text, an image, or both")
         n = len(queries or images or [])
@@ -91,7 +101,10 @@ class Retriever:
                 rankings[i].append(hits)
         if queries and mode in ("lexical", "hybrid"):
             for i, query in enumerate(queries):
-                rankings[i].append(self.index.lexical(query, depth, filters))
+                hits = self.index.lexical(query, depth, filters)
+                if rankings[i]:  # to be fused with a dense ranking
+                    hits = [h for h in hits if h.score > MIN_LEXICAL_SCORE]
+                rankings[i].append(hits)
         results = []
         for i in range(n):
             hits = self._fuse(rankings[i]) if len(rankings[i]) > 1 else rankings[i][0]
@@ -147,6 +160,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean recall@k for each k and MRR (over the deepest k) of `queries` against their relevant ids."""
     ks = sorted(set(ks))
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"ks must be cutoffs >= 1, got {ks}")
     if len(queries) != len(relevant):
         raise DataError(f"{len(queries)} queries but {len(relevant)} relevance sets")
     results = retriever.retrieve_batch(queries, k=ks[-1], filters=filters)

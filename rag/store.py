@@ -39,7 +39,7 @@ from mmadapt.lineage import describe_input
 from mmadapt.rag import index as vindex
 from mmadapt.rag import meta
 from mmadapt.rag.chunk import Chunk, ChunkConfig, Document, chunk_documents, load_token_spans
-from mmadapt.rag.embed import EmbedderConfig, check_identity, default_model_path, load_embedder
+from mmadapt.rag.embed import EmbedderConfig, check_identity, load_embedder, local_weights
 from mmadapt.rag.index import IndexConfig
 from mmadapt.rag.ingest import IngestConfig
 from mmadapt.rag.meta import Hit
@@ -154,12 +154,7 @@ class RagIndex:
         start_kind = vindex.resolve_kind(config.index, 0)
         empty = vindex.new_index("flat" if start_kind == "ivfpq" else start_kind, embedder.dim, config.index)
         vindex.write(empty, str(gen_dir / "index.faiss"))
-        parents = []
-        local = Path(config.embedder.name) if Path(config.embedder.name).is_dir() else None
-        if local is None and embedder.identity["name"] == "sentence-transformers/all-MiniLM-L6-v2":
-            local = default_model_path()
-        if local is not None:
-            parents.append(describe_input(local))  # the embedder's weights, hashed: part of the index's lineage
+        parents = [describe_input(p) for p in local_weights(config.embedder)]  # hashed: part of the index's lineage
         store = {
             "format_version": FORMAT_VERSION, "generation": 1, "embedder": embedder.identity,
             "metric": config.index.metric, "index_kind": vindex.kind_of(empty), "lexical": lexical,
@@ -186,21 +181,28 @@ class RagIndex:
         return cls(path, embedder), report
 
     def _load(self, attempts: int = 5) -> None:
-        for attempt in range(attempts):
+        for _ in range(attempts):
             self.manifest = read_manifest(self.path)
             self.store = self.manifest["store"]
             gen_dir = self.path / f"gen-{self.store['generation']:06d}"
+            conn = None
             try:
                 self._check_files(gen_dir)
                 self.faiss = vindex.read(str(gen_dir / "index.faiss"))
-                self.conn = meta.connect_readonly(str(gen_dir / "meta.sqlite"))
-                self.tombstones = meta.tombstones(self.conn)
-                self.gen_dir = gen_dir
-                return
-            except FileNotFoundError:
-                if attempt == attempts - 1:
+                conn = meta.connect_readonly(str(gen_dir / "meta.sqlite"))
+                self.tombstones = meta.tombstones(conn)
+            except (OSError, RuntimeError, sqlite3.Error) as e:  # faiss raises RuntimeError for unreadable files
+                if conn is not None:
+                    conn.close()
+                if read_manifest(self.path)["store"]["generation"] != self.store["generation"]:
+                    continue  # a writer committed a newer generation and removed this one meanwhile: read again
+                if isinstance(e, FileNotFoundError):
                     raise DataError(f"{self.path}: generation {gen_dir.name} named by the manifest is missing") from None
-                # a writer committed a newer generation and removed this one between our two reads: read again
+                raise DataError(f"{gen_dir}: unreadable ({e}); the index is damaged (restore it or rebuild with "
+                                "`mmadapt rag build`)") from e
+            self.conn, self.gen_dir = conn, gen_dir
+            return
+        raise DataError(f"{self.path}: the index kept changing while it was opened ({attempts} tries)")
 
     def _check_files(self, gen_dir: Path) -> None:
         for rel, size in self.store.get("sizes", {}).items():
@@ -272,9 +274,13 @@ class RagIndex:
                             final, created=self.manifest.get("created"))
             self._close()
             self._load()
-            for stale in self.path.iterdir():  # earlier generations and temp dirs left by killed writers
-                if stale != final and stale.is_dir() and (stale.name.startswith("gen-") or stale.name.startswith(".gen-")):
+            for stale in self.path.iterdir():  # earlier generations and temp files left by killed writers
+                if stale == final:
+                    continue
+                if stale.is_dir() and stale.name.startswith(("gen-", ".gen-")):
                     shutil.rmtree(stale, ignore_errors=True)
+                elif stale.name.startswith(f".{MANIFEST}.") and stale.name.endswith(".tmp"):
+                    stale.unlink(missing_ok=True)
 
     def _maybe_rebuild(self, conn: sqlite3.Connection) -> None:
         """Rebuild faiss from the stored vectors when its kind should change, HNSW has many tombstones,
@@ -340,6 +346,9 @@ class RagIndex:
     def chunk(self, documents: list[Document]) -> list[Chunk]:
         cfg = self.config.chunk
         size = cfg.size or min(256, self.embedder.max_tokens)
+        if size > self.embedder.max_tokens and cfg.tokenizer == "embedder":
+            logger.warning("chunk.size %d is over the %d tokens embedder %s reads: the end of long passages is not "
+                           "embedded", size, self.embedder.max_tokens, self.store["embedder"]["name"])
         return chunk_documents(documents, load_token_spans(cfg, self.embedder), size, min(cfg.overlap, size - 1))
 
     def add_documents(self, documents: list[Document], replace: bool = False) -> AddReport:
@@ -359,9 +368,11 @@ class RagIndex:
         """Add passages (embedded here unless `vectors` [n, dim] are given) in one committed write."""
         report = report or AddReport()
         if not replace_sources and not replace_ids:  # embed only what is new (duplicates are common on re-ingest)
-            keep = self._dedup(self.conn, chunks, AddReport())
+            keep = self._dedup(self.conn, chunks, report)
             chunks = [chunks[i] for i in keep]
             vectors = vectors[keep] if vectors is not None else None
+            if not chunks:
+                return report  # nothing new: no generation is written
         if vectors is None:
             vectors = self.embed_chunks(chunks)
         if vectors.shape != (len(chunks), self.dim):

@@ -57,6 +57,11 @@ def load_data(model: Any, data_cfg: DataConfig) -> tuple[list, list | None, Any,
     if not data_cfg.train:
         raise ConfigError("data.train: no training data file given")
     loader_target, collator_target = FORMATS[data_cfg.format]
+    if data_cfg.retrieval:  # QA records become conversations whose prompts carry retrieved passages (RA-DIT)
+        if data_cfg.format != "conversations":
+            raise ConfigError(f"data.retrieval builds conversations; data.format must be 'conversations', "
+                              f"got {data_cfg.format!r}")
+        loader_target = "mmadapt.rag.augment:load_retrieval_conversations"
     loader = _load(loader_target)
     train, stats = loader(data_cfg.train, model, data_cfg, "data_train")
     evaluation = None
