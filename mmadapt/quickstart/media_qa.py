@@ -15,10 +15,31 @@ from mmadapt.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
+# Connector choices for --connector, sized for the tiny tasks (16 patch tokens per image or frame in).
+CONNECTORS = {
+    "linear": {"name": "linear"},
+    "mlp": {"name": "mlp", "depth": 2},
+    "qformer": {"name": "qformer", "num_query_tokens": 16, "num_layers": 2, "hidden_size": 64, "num_heads": 4,
+                "intermediate_size": 128, "cross_attention_every": 1},
+    "resampler": {"name": "resampler", "num_latents": 16, "depth": 2, "num_heads": 4, "head_dim": 16, "num_kv_heads": 2},
+}
+
 
 def packaged_config(name: str) -> dict[str, Any]:
     """A quickstart's YAML (shipped in mmadapt/quickstart/configs) as raw data."""
     return read_yaml(Path(str(resources.files("mmadapt.quickstart") / "configs" / f"{name}.yaml")))
+
+
+def run_packaged(task: str, modality: str, out: Path, connector: str | None = None) -> dict[str, float]:
+    """Run the packaged config `task`, with the `modality` connector swapped for `connector` when one is given."""
+    from mmadapt.errors import ConfigError
+
+    raw = packaged_config(task)
+    if connector is not None:
+        if connector not in CONNECTORS:
+            raise ConfigError(f"--connector {connector!r}; valid: {', '.join(CONNECTORS)}")
+        raw["model"]["connectors"][modality] = CONNECTORS[connector]
+    return run_media_qa(raw, Path(out), title=f"quickstart {task} (connector: {connector or 'mlp'})")
 
 
 def run_media_qa(raw_config: dict[str, Any], out: Path, overrides: list[str] | None = None,
