@@ -313,8 +313,13 @@ class TrainingConfig:
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=list)
     dataloader_num_workers: int = 0
+    # torch intra-op threads for this run (None: torch's default, one per core). Tiny models train faster on 1:
+    # their ops are too small to split, and under load a spinning second thread can slow a step 30-fold.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"training.threads must be >= 1 (or null for torch's default), got {self.threads}")
         for key in ("batch_size", "grad_accum", "logging_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"training.{key} must be >= 1, got {getattr(self, key)}")

@@ -131,7 +131,7 @@ def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], se
         config = load_run({
             "model": {"llm": {"config": llm, "tokenizer": str(out / "tokenizer")}, "init_from": previous},
             "data": {"train": str(data), "format": "text", "max_length": 32},
-            "training": {"epochs": epochs if round_ == 0 else max(1, epochs // 2), "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05,
+            "training": {"threads": 1, "epochs": epochs if round_ == 0 else max(1, epochs // 2), "batch_size": 32, "lr": 3e-3, "warmup_ratio": 0.05,
                          "scheduler": "cosine", "train_modules": ["llm"], "logging_steps": 100, "precision": "fp32"},
             "objective": {"name": "sft"}, "seed": seed + round_, "output_dir": str(run_dir),
         })

@@ -44,13 +44,21 @@ def run_packaged(task: str, modality: str, out: Path, connector: str | None = No
 
 def run_media_qa(raw_config: dict[str, Any], out: Path, overrides: list[str] | None = None,
                  title: str = "quickstart") -> dict[str, float]:
+    """Accuracy before, train every stage, accuracy after; metrics.json and a printed table."""
+    from mmadapt.train.run import torch_threads
+
+    config: RunConfig = load_run(raw_config, [f"output_dir={out}", *(overrides or [])])
+    with torch_threads(config.training.threads):  # generation before and after training too
+        return _run(config, out, title)
+
+
+def _run(config: RunConfig, out: Path, title: str) -> dict[str, float]:
     from mmadapt.data.loading import generate_data
     from mmadapt.data.records import read_records
     from mmadapt.generate import exact_match
     from mmadapt.model import MultimodalLM
     from mmadapt.train.run import print_table, train
 
-    config: RunConfig = load_run(raw_config, [f"output_dir={out}", *(overrides or [])])
     generate_data(config.data)
     eval_records = read_records(config.data.eval)
     root = Path(config.data.eval).parent

@@ -102,7 +102,7 @@ def _train(out: Path, lines: list[str], tokenizer_dir: Path, init_from: Path | N
                           "tokenizer": str(tokenizer_dir)},
                   "init_from": str(init_from) if init_from else None},
         "data": {"train": str(data), "format": "text", "max_length": 16},
-        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": 0.05, "scheduler": "cosine",
+        "training": {"threads": 1, "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": 0.05, "scheduler": "cosine",
                      "train_modules": ["llm"], "logging_steps": 50, "precision": "fp32", "weight_decay": 0.0},
         "objective": {"name": "sft"}, "seed": seed, "output_dir": str(out),
     })

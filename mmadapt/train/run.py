@@ -8,12 +8,13 @@ presence marks a complete run), and checkpoints/checkpoint-N for --resume.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -125,7 +126,24 @@ def prepare_output(out: Path, resume: bool) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with `threads` torch intra-op threads (None: leave them as they are), then restore them."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_stage(config: RunConfig, resume: bool = False, callbacks: list | None = None, stage: str = "") -> dict[str, float]:
+    with torch_threads(config.training.threads):
+        return _train_stage(config, resume, callbacks, stage)
+
+
+def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage: str) -> dict[str, float]:
     from transformers import set_seed
 
     from mmadapt.data.loading import generate_data, load_data

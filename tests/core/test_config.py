@@ -92,3 +92,19 @@ def test_optional_literal_lists_valid_values_and_set_indexes_lists():
     assert data["models"][1]["model"] == "c"
     with pytest.raises(ConfigError, match="index out of range"):
         apply_overrides(data, ["models.5.model=d"])
+
+
+def test_threads_are_validated_and_scoped_to_the_run():
+    import torch
+
+    from mmadapt.train.run import torch_threads
+
+    assert load(RunConfig, BASE, ["training.threads=1"]).training.threads == 1
+    with pytest.raises(ConfigError, match="training.threads must be >= 1"):
+        load(RunConfig, BASE, ["training.threads=0"])
+    before = torch.get_num_threads()
+    with torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before
