@@ -12,13 +12,15 @@ entity names are all redrawn at random (consistently within the example), so the
 every time the same question shape recurs, and only reading the passages predicts it. All entity
 names occur in training, as subjects and as answers.
 
-What the tiny model learns (measured, see the issue note): to read the answer from the top-ranked
-passage, which is where the retriever puts the right fact 9 times in 10 (recall@1). The rank order is
-kept, as RA-DIT keeps it; with the passages shuffled, so that only matching the subject finds the
-answer, a 2-layer model stayed at chance for the whole 5-minute budget (a 128-wide one reached about
-0.35 after 1250 steps). One layout only (always 4 passages) taught it to count from the end of the
-prompt, which a 3-passage question then defeated; 3 or 4 passages in training make it read from the
-start.
+What the tiny model learns (measured, see the issue note): mostly to read the answer from the
+top-ranked passage, where the retriever puts the right fact for 0.90 of the held-out questions; the
+128-wide model has also begun to match the question's subject (0.975 right on the held-out questions;
+0.25 when the right passage is put second of three behind facts of the same relation, where the
+64-wide model gets none). The rank order is kept, as RA-DIT keeps it: with the passages shuffled, so
+that only matching the subject finds the answer, the 2-layer model stayed at chance for the whole
+budget (a 128-wide one reached about 0.35 after 1250 steps). One layout only (always 4 passages)
+taught it to count from the end of the prompt, which a 3-passage question then defeated; 3 or 4
+passages in training make it read from the start.
 """
 
 from __future__ import annotations
@@ -132,19 +134,20 @@ def training_examples(train_facts: list[Fact], names: list[str], retriever: Any,
 
 
 def run_config(out: Path, seed: int, epochs: float) -> dict[str, Any]:
-    """The run config of the LM: a 2-layer Llama with tied embeddings (copying a context word is then cheap)."""
+    """The run config of the LM: a 2-layer Llama with tied embeddings (copying a context word is then cheap),
+    128 wide: at 64 it only learned to copy the top passage (0.90 = recall@1), at 128 it begins to match subjects."""
     return {
         "seed": seed,
         "output_dir": str(out / "model"),
         "model": {"llm": {
-            "config": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128,
+            "config": {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "num_key_value_heads": 4, "intermediate_size": 256, "max_position_embeddings": 128,
                        "tie_word_embeddings": True},
             "tokenizer": str(out / "data" / "tokenizer"),
         }},
         "data": {"train": str(out / "data" / "train.jsonl"), "max_length": 96},
-        "training": {"threads": 1, "batch_size": 64, "lr": 3e-3, "warmup_ratio": 0.05, "scheduler": "cosine", "epochs": epochs,
-                     "train_modules": ["llm"], "logging_steps": 50},
+        "training": {"threads": 1, "batch_size": 64, "lr": 2e-3, "warmup_ratio": 0.05, "scheduler": "cosine",
+                     "epochs": epochs, "train_modules": ["llm"], "logging_steps": 50},
     }
 
 
@@ -155,7 +158,7 @@ def accuracy(answers: list[Any], facts: list[Fact]) -> float:
 
 
 def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int = 120, redraws: int = 300,
-        epochs: float = 10.0) -> dict[str, float]:
+        epochs: float = 8.0) -> dict[str, float]:
     from mmadapt.config import load_run
     from mmadapt.errors import ConfigError
     from mmadapt.model import MultimodalLM
