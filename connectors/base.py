@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+# Query-based connectors (Q-Former, resampler) see the features as a set: without positions, where a patch or
+# frame was is lost (the tiny vlm quickstart's "where is the shape?" stayed near chance). Qwen-VL's adapter adds
+# 2-D sin-cos positions to the cross-attention keys for the same reason; a 1-D table marks the encoder's order.
+Positions = Literal["sinusoidal", "none"]
+
+
+def with_positions(features: torch.Tensor, positions: Positions) -> torch.Tensor:
+    """`features` [B, N, D] plus a fixed sinusoidal table over the N positions (or unchanged for "none")."""
+    if positions == "none":
+        return features
+    from mmadapt.encoders.positions import sinusoidal_embedding
+
+    table = sinusoidal_embedding(features.shape[1], features.shape[2])  # [N, D]
+    return features + table.to(device=features.device, dtype=features.dtype)
 
 
 class BaseConnector(nn.Module):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmadapt.connectors.base import BaseConnector
+from mmadapt.connectors.base import BaseConnector, Positions, with_positions
 from mmadapt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class QFormerConfig:
     intermediate_size: int = 3072
     cross_attention_every: int = 2  # cross-attention on layers 0, k, 2k, ... (1: every layer; BLIP-2: 2)
     dropout: float = 0.0
+    positions: Positions = "sinusoidal"  # added to the (normed) features the queries attend to; "none": a set
+    init_std: float = 0.02  # std of the random weights and queries (BERT/BLIP-2: 0.02)
     init_from: str | None = None  # a BERT-family checkpoint (hub id or directory) whose layers start the Q-Former
 
     def __post_init__(self) -> None:
@@ -89,9 +91,10 @@ class QFormer(BaseConnector):
             # a copied layer keeps the activation and norm epsilon it was trained with
             hidden_act=bert.config.hidden_act if bert is not None else "gelu",
             layer_norm_eps=bert.config.layer_norm_eps if bert is not None else 1e-12,
+            initializer_range=config.init_std,
         )
         self.input_norm = nn.LayerNorm(in_dim)  # BLIP-2's ln_vision on the encoder features
-        self.query_tokens = nn.Parameter(torch.randn(1, config.num_query_tokens, config.hidden_size) * 0.02)
+        self.query_tokens = nn.Parameter(torch.randn(1, config.num_query_tokens, config.hidden_size) * config.init_std)
         self.qformer = Blip2QFormerModel(qformer_config)
         self.proj = nn.Linear(config.hidden_size, out_dim)  # BLIP-2's language_projection
         if bert is not None:
@@ -129,5 +132,6 @@ class QFormer(BaseConnector):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         queries = self.query_tokens.expand(features.shape[0], -1, -1)  # [B, Q, H]
-        out = self.qformer(query_embeds=queries, encoder_hidden_states=self.input_norm(features))  # features: [B, N, in]
+        keys = with_positions(self.input_norm(features), self.config.positions)  # [B, N, in]
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=keys)
         return self.proj(out.last_hidden_state.to(self.proj.weight.dtype))  # [B, Q, H] -> [B, Q, out]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmadapt.connectors.base import BaseConnector
+from mmadapt.connectors.base import BaseConnector, Positions, with_positions
 
 
 @dataclass
@@ -24,6 +24,8 @@ class ResamplerConfig:
     head_dim: int = 96
     num_kv_heads: int = 4  # grouped-query attention: num_heads must be a multiple of it
     dropout: float = 0.0  # attention dropout
+    positions: Positions = "sinusoidal"  # added to the projected features the latents attend to; "none": a set
+    init_std: float = 0.02  # std of the random weights (Idefics2: 0.02); the latents start at N(0, 1)
 
     def __post_init__(self) -> None:
         for key in ("num_latents", "depth", "num_heads", "head_dim", "num_kv_heads"):
@@ -56,6 +58,7 @@ class PerceiverResampler(BaseConnector):
                 resampler_head_dim=config.head_dim,
                 num_key_value_heads=config.num_kv_heads,
                 attention_dropout=config.dropout,
+                initializer_range=config.init_std,
             )
         )
         with torch.no_grad():
@@ -68,6 +71,6 @@ class PerceiverResampler(BaseConnector):
         return self.config.num_latents
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        context = self.in_proj(features)
+        context = with_positions(self.in_proj(features), self.config.positions)  # [B, N, hidden]
         mask = torch.ones(context.shape[:2], dtype=torch.long, device=context.device)  # every feature is real
         return self.out_proj(self.resampler(context, attention_mask=mask))  # [B, num_latents, out]

@@ -114,3 +114,24 @@ def test_init_from_errors_name_the_mismatch(tmp_path):
         build({**QFORMER, "init_from": str(tmp_path / "gpt2")})
     with pytest.raises(ConfigError, match="cannot load it"):
         build({**QFORMER, "init_from": str(tmp_path / "missing")})
+
+
+# ----------------------------------------------------------------------------------------------- positions
+@pytest.mark.parametrize("spec", [QFORMER, {"name": "resampler", "num_latents": 3, "depth": 1, "num_heads": 2,
+                                            "head_dim": 8, "num_kv_heads": 1}], ids=["qformer", "resampler"])
+def test_query_connectors_know_where_a_feature_was_unless_told_not_to(spec):
+    features = torch.randn(2, 6, 8)
+    swapped = features[:, [1, 0, 2, 3, 4, 5]]  # the same features, the first two swapped
+
+    def trained_like(connector):  # fresh queries attend almost uniformly, which averages any order away
+        for param in connector.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+        return connector.eval()
+
+    with torch.no_grad():
+        as_set = trained_like(build({**spec, "positions": "none"}))
+        torch.testing.assert_close(as_set(swapped), as_set(features))  # attention alone is blind to order
+        ordered = trained_like(build(spec))  # default: sinusoidal positions
+        assert not torch.allclose(ordered(swapped), ordered(features), atol=1e-3)
+    with pytest.raises(ConfigError, match="positions"):
+        build({**spec, "positions": "rope"})

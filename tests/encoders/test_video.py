@@ -110,12 +110,15 @@ def test_mean_pool_is_order_invariant(batch):
 
 
 @pytest.mark.parametrize("aggregate", [QFORMER, RESAMPLER], ids=["qformer", "resampler"])
-def test_connector_aggregates_see_order_only_through_temporal_embeddings(batch, aggregate):
+def test_connector_aggregates_see_order_only_through_positions(batch, aggregate):
     with torch.no_grad():
-        plain = video_encoder(num_frames=4, aggregate=aggregate, temporal_embedding="none")
+        unordered = {**aggregate, "positions": "none"}
+        plain = video_encoder(num_frames=4, aggregate=unordered, temporal_embedding="none")
         torch.testing.assert_close(plain(batch.flip(1)), plain(batch), atol=1e-5, rtol=1e-5)  # attention over a set
-        timed = video_encoder(num_frames=4, aggregate=aggregate)
+        timed = video_encoder(num_frames=4, aggregate=unordered)  # the video encoder's temporal embeddings
         assert not torch.allclose(timed(batch.flip(1)), timed(batch), atol=1e-5)
+        ordered = video_encoder(num_frames=4, aggregate=aggregate, temporal_embedding="none")  # the connector's own
+        assert not torch.allclose(ordered(batch.flip(1)), ordered(batch), atol=1e-5)
 
 
 def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
