@@ -26,9 +26,9 @@ class IndexConfig:
     metric: Literal["ip", "l2"] = "ip"  # ip on normalised embeddings is cosine similarity
     hnsw_m: int = 32  # graph degree: more is better recall, more memory
     ef_construction: int = 80
-    ef_search: int = 64  # raised automatically to at least k (and more under selective filters)
+    ef_search: int = 128  # raised automatically to at least k (and more under selective filters)
     nlist: int | None = None  # IVF cells; None: 4 * sqrt(n), at most n / 39
-    nprobe: int = 32  # IVF cells visited per query
+    nprobe: int = 64  # IVF cells visited per query
     pq_m: int | None = None  # PQ sub-quantizers; None: dim / 4 (must divide dim)
     pq_bits: int = 8
     refine: int = 4  # IVF-PQ: re-score k * refine candidates with the exact vectors (0: off)
