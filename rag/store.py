@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
-import json
 import logging
 import os
 import shutil
@@ -31,24 +29,22 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mmadapt import __version__
 from mmadapt.config import from_dict, to_dict
 from mmadapt.errors import ConfigError, DataError
-from mmadapt.io import atomic_directory, atomic_write_json, sha256_file
+from mmadapt.io import atomic_directory
 from mmadapt.lineage import describe_input
 from mmadapt.rag import index as vindex
+from mmadapt.rag import manifest as index_manifest
 from mmadapt.rag import meta
 from mmadapt.rag.chunk import Chunk, ChunkConfig, Document, chunk_documents, load_token_spans
 from mmadapt.rag.embed import EmbedderConfig, check_identity, load_embedder, local_weights
 from mmadapt.rag.index import IndexConfig
 from mmadapt.rag.ingest import IngestConfig
+from mmadapt.rag.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from mmadapt.rag.meta import Hit
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-KIND = "rag_index"
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -65,47 +61,6 @@ class RagConfig:
 class AddReport:
     added: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (chunk or document, reason)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def _lock(directory: Path) -> Iterator[None]:
-    """An exclusive advisory lock for writers (POSIX; elsewhere writers must not overlap)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(directory / ".lock", "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of an index directory, validated: a clear DataError when it is not a readable index."""
-    file = path / MANIFEST
-    if not file.is_file():
-        raise DataError(f"{path}: not a RAG index (no {MANIFEST}); build one with `mmadapt rag build`")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{file}: unreadable manifest: {e}") from e
-    store = manifest.get("store") if manifest.get("kind") == KIND else None
-    if not isinstance(store, dict):
-        raise DataError(f"{path}: manifest kind is {manifest.get('kind')!r}, not a RAG index ({KIND})")
-    version = store.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        hint = "upgrade mmadapt to read it" if newer else "rebuild it with `mmadapt rag build`"
-        raise DataError(f"{path}: index format version {version}, this mmadapt {__version__} reads version {FORMAT_VERSION}; {hint}")
-    return manifest
 
 
 class RagIndex:
@@ -160,7 +115,7 @@ class RagIndex:
             "metric": config.index.metric, "index_kind": vindex.kind_of(empty), "lexical": lexical,
             "trained_on": 0, "counts": {"chunks": 0, "documents": 0, "sources": 0, "tombstones": 0, "vectors": 0},
         }
-        _write_manifest(path, Path(final_path or path), to_dict(config), parents, store, gen_dir)
+        index_manifest.write(path, Path(final_path or path), to_dict(config), parents, store, gen_dir)
         return cls(path, embedder, final_path)
 
     @classmethod
@@ -242,7 +197,7 @@ class RagIndex:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """Apply changes to a copy of the current generation and commit it as the next one."""
-        with _lock(self.path):
+        with index_manifest.writer_lock(self.path):
             current = read_manifest(self.path)["store"]["generation"]
             if current != self.store["generation"]:
                 self._close()
@@ -264,13 +219,13 @@ class RagIndex:
                         conn.close()
                     vindex.write(self.faiss, str(tmp / "index.faiss"))
                     for name in ("meta.sqlite", "index.faiss"):
-                        _fsync(tmp / name)
+                        index_manifest.fsync(tmp / name)
             except BaseException:
                 self._close()
                 self._load()  # the in-memory faiss index may hold half the change: back to the committed state
                 raise
             self.store.update(generation=gen, index_kind=vindex.kind_of(self.faiss))
-            _write_manifest(self.path, self.final_path, self.manifest["config"], self.manifest["parents"], self.store,
+            index_manifest.write(self.path, self.final_path, self.manifest["config"], self.manifest["parents"], self.store,
                             final, created=self.manifest.get("created"))
             self._close()
             self._load()
@@ -453,17 +408,3 @@ def _training_sample(vectors: np.ndarray, limit: int = 200_000, seed: int = 0) -
     if len(vectors) <= limit:
         return vectors
     return vectors[np.random.default_rng(seed).choice(len(vectors), limit, replace=False)]
-
-
-def _write_manifest(
-    path: Path, final_path: Path, config: dict[str, Any], parents: list[dict[str, Any]], store: dict[str, Any],
-    gen_dir: Path, created: str | None = None,
-) -> None:
-    """Commit: one atomic replace of manifest.json names the new generation, its checksums and sizes."""
-    files = {f"{gen_dir.name}/{name}": sha256_file(gen_dir / name) for name in ("index.faiss", "meta.sqlite")}
-    store = {**store, "sizes": {rel: (path / rel).stat().st_size for rel in files}}
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(path / MANIFEST, {
-        "kind": KIND, "mmadapt_version": __version__, "created": created or now, "updated": now,
-        "path": str(final_path), "config": config, "files": files, "parents": parents, "store": store,
-    })

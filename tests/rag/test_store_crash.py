@@ -43,7 +43,7 @@ if stage == "faiss-write":  # half of the next generation's index.faiss is on di
         die()
     store.vindex.write = write
 elif stage == "before-commit":  # the next generation is complete and renamed into place; the manifest is not
-    store._write_manifest = die
+    store.index_manifest.write = die
 elif stage == "manifest-rename":  # the new manifest is in its temp file, not yet renamed over manifest.json
     real_replace = os.replace
     def replace(src, dst):

@@ -1,0 +1,73 @@
+"""The RAG index manifest (the commit point of every write), its validation on open, and the writers' lock."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from mmadapt import __version__
+from mmadapt.errors import DataError
+from mmadapt.io import atomic_write_json, sha256_file
+
+FORMAT_VERSION = 1
+KIND = "rag_index"
+MANIFEST = "manifest.json"
+
+
+def fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """An exclusive advisory lock for writers (POSIX; elsewhere writers must not overlap)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(directory / ".lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of an index directory, validated: a clear DataError when it is not a readable index."""
+    file = path / MANIFEST
+    if not file.is_file():
+        raise DataError(f"{path}: not a RAG index (no {MANIFEST}); build one with `mmadapt rag build`")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file}: unreadable manifest: {e}") from e
+    store = manifest.get("store") if manifest.get("kind") == KIND else None
+    if not isinstance(store, dict):
+        raise DataError(f"{path}: manifest kind is {manifest.get('kind')!r}, not a RAG index ({KIND})")
+    version = store.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        hint = "upgrade mmadapt to read it" if newer else "rebuild it with `mmadapt rag build`"
+        raise DataError(f"{path}: index format version {version}, this mmadapt {__version__} reads version {FORMAT_VERSION}; {hint}")
+    return manifest
+
+
+def write(
+    path: Path, final_path: Path, config: dict[str, Any], parents: list[dict[str, Any]], store: dict[str, Any],
+    gen_dir: Path, created: str | None = None,
+) -> None:
+    """Commit: one atomic replace of manifest.json names the new generation, its checksums and sizes."""
+    files = {f"{gen_dir.name}/{name}": sha256_file(gen_dir / name) for name in ("index.faiss", "meta.sqlite")}
+    store = {**store, "sizes": {rel: (path / rel).stat().st_size for rel in files}}
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(path / MANIFEST, {
+        "kind": KIND, "mmadapt_version": __version__, "created": created or now, "updated": now,
+        "path": str(final_path), "config": config, "files": files, "parents": parents, "store": store,
+    })
