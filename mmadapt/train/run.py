@@ -129,9 +129,11 @@ def prepare_output(out: Path, resume: bool) -> Path | None:
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run the body with `threads` torch intra-op threads (None: leave them as they are), then restore them."""
+    if not threads:
+        yield
+        return
     previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -257,9 +259,25 @@ def save_outputs(trainer: Any, model: Any, config: RunConfig, out: Path, metrics
 
 def run_cli(args: argparse.Namespace) -> int:
     config = load_run(args.config, args.set)
-    metrics = train(config, resume=args.resume)
+    try:
+        metrics = train(config, resume=args.resume)
+        end_process_group(wait=True)
+    finally:
+        end_process_group(wait=False)  # after an error: close without waiting for ranks that may be gone
     print_table(metrics, title=f"mmadapt train: {config.output_dir}")
     return 0
+
+
+def end_process_group(wait: bool) -> None:
+    """Under `accelerate launch`: (wait for every rank: rank 0 may still be saving, then) close the group.
+    A rank that exits with its gloo/NCCL threads still running can abort ("terminate called without an
+    active exception", seen at exit in the 2-process test)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def print_table(metrics: dict[str, float], title: str = "") -> None:
