@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Literal
 
 import torch
@@ -23,7 +24,7 @@ def with_positions(features: torch.Tensor, positions: Positions) -> torch.Tensor
     return features + table.to(device=features.device, dtype=features.dtype)
 
 
-class BaseConnector(nn.Module):
+class BaseConnector(nn.Module, abc.ABC):
     config_class: type
 
     def __init__(self, config, in_dim: int, out_dim: int) -> None:
@@ -36,5 +37,6 @@ class BaseConnector(nn.Module):
         """M output tokens for N input features (identity for per-token projectors)."""
         return num_features
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, N, in_dim] -> [B, num_tokens(N), out_dim]."""

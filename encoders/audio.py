@@ -11,6 +11,7 @@ window w+1's.
 
 from __future__ import annotations
 
+import abc
 import io
 import logging
 import math
@@ -161,11 +162,13 @@ class AudioEncoder(BaseEncoder):
         if info.frames == 0:
             raise DataError(f"audio {path} has no samples (zero length)")
 
-    def featurize(self, windows: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def featurize(self, windows: torch.Tensor) -> torch.Tensor:
+        """[B, samples] waveform windows -> the backbone's input features."""
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Featurized windows -> [B, n, hidden_size] tokens."""
 
     def preprocess_fingerprint(self) -> dict[str, Any]:
         """Everything besides config and weights that decides `preprocess`'s output (for the feature cache)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ class VisionOptions:
     drop_cls: bool = True  # drop prefix tokens (CLS / register tokens) and keep the patch tokens
 
 
-class BaseEncoder(nn.Module):
+class BaseEncoder(nn.Module, abc.ABC):
     """An encoder: `preprocess(one raw item) -> Tensor`, `forward(batch) -> [B, num_features, hidden_size]`.
 
     Subclasses set `modality`, `config_class`, `hidden_size` and `num_features` in `__init__`.
@@ -31,8 +32,9 @@ class BaseEncoder(nn.Module):
     hidden_size: int
     num_features: int
 
-    def preprocess(self, raw: Any) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        """Decode and transform one raw item (a path, bytes, an array) into the encoder's input tensor."""
 
     @property
     def device(self) -> torch.device:
