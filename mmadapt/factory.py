@@ -1,0 +1,49 @@
+"""Build or load the model a config or a checkpoint directory describes: composed (MultimodalLM) or HF (HFVisionLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmadapt.config import ModelConfig
+from mmadapt.errors import ConfigError
+
+MODEL_CONFIG_FILE = "mmadapt_model.yaml"
+
+
+def build_model(config: ModelConfig) -> Any:
+    """A fresh model for a run: `model.vlm` -> HFVisionLM, `model.llm` -> MultimodalLM."""
+    if config.vlm is not None:
+        from mmadapt.hf.model import HFVisionLM
+
+        return HFVisionLM.from_config(config)
+    from mmadapt.model import MultimodalLM
+
+    return MultimodalLM.from_config(config)
+
+
+def checkpoint_kind(directory: str | Path) -> str:
+    """"vlm" or "llm": which model class saved `directory` (its mmadapt_model.yaml says)."""
+    path = Path(directory) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of model config keys")
+    return "vlm" if raw.get("vlm") else "llm"
+
+
+def load_model(directory: str | Path, is_trainable: bool = False) -> Any:
+    """Load any checkpoint mmadapt wrote (a composed model, or an HF VLM in its own format)."""
+    if checkpoint_kind(directory) == "vlm":
+        from mmadapt.hf.model import HFVisionLM
+
+        return HFVisionLM.from_pretrained(directory, is_trainable=is_trainable)
+    from mmadapt.model import MultimodalLM
+
+    return MultimodalLM.from_pretrained(directory, is_trainable=is_trainable)
