@@ -260,13 +260,34 @@ class LLMConfig:
 
 
 @dataclass
+class VLMConfig:
+    """A Hugging Face vision-language checkpoint (LLaVA, LLaVA-NeXT, Qwen2.5-VL, Idefics3/SmolVLM), trained with
+    its own modules and its own processor (image token, tiling, resolution, chat template)."""
+
+    name_or_path: str  # a hub id or a local directory that AutoModelForImageTextToText loads
+    processor: str | None = None  # defaults to name_or_path
+    adapter: str | None = None  # a peft adapter directory for this model: continue training it (or merge it)
+    merge_adapter: bool = False  # fold `adapter` into the weights before training (a new adapter, if any, goes on top)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+
+@dataclass
 class ModelConfig:
-    llm: LLMConfig
+    llm: LLMConfig | None = None  # a causal LM that mmadapt composes with encoders and connectors
+    vlm: VLMConfig | None = None  # or: an existing Hugging Face vision-language model
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> {name, **kwargs}
     connectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> {name, **kwargs}
     init_from: str | None = None  # an mmadapt checkpoint directory whose weights start this run
 
     def __post_init__(self) -> None:
+        if (self.llm is None) == (self.vlm is None):
+            raise ValueError("set exactly one of model.llm (compose encoders + connectors + a causal LM) and "
+                             "model.vlm (a Hugging Face vision-language checkpoint)")
+        if self.vlm is not None and (self.encoders or self.connectors):
+            raise ValueError("model.vlm brings its own vision tower and projector; remove model.encoders and "
+                             "model.connectors")
         if set(self.encoders) != set(self.connectors):
             raise ValueError(
                 f"every encoder needs a connector of the same modality: encoders {sorted(self.encoders)}, "
@@ -307,6 +328,8 @@ class TrainingConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the device supports it
     gradient_checkpointing: bool = False
     train_modules: list[str] = field(default_factory=lambda: ["connectors"])  # encoders | connectors | llm | a module prefix
+    # Per-part learning rates (part: encoders | connectors | llm | a parameter-name prefix); the rest use `lr`.
+    module_lr: dict[str, float] = field(default_factory=dict)
     eval_steps: int | None = None
     save_steps: int | None = None
     save_total_limit: int = 2
@@ -325,6 +348,9 @@ class TrainingConfig:
                 raise ValueError(f"training.{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ValueError(f"training.lr must be > 0, got {self.lr}")
+        for part, lr in self.module_lr.items():
+            if not lr > 0:
+                raise ValueError(f"training.module_lr.{part} must be > 0, got {lr}")
 
 
 @dataclass

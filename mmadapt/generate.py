@@ -42,6 +42,15 @@ def generate_batch(model: Any, prompts: list[tuple[list[dict[str, str]], dict[st
                    max_new_tokens: int = 16) -> list[str]:
     """Answers for a batch of (messages, {modality: [raw items]}), greedy decoding."""
     model.eval()
+    processor = getattr(model, "processor", None)
+    if processor is not None:  # an HF vision-language model: its processor tokenises, expands and pads
+        from mmadapt.hf.processing import encode_prompts
+
+        inputs = encode_prompts(processor, prompts).to(model.device)
+        media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        new_tokens = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], media=media,
+                                    max_new_tokens=max_new_tokens, do_sample=False)
+        return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
     ids = [encode_prompt(model, messages, media) for messages, media in prompts]
     input_ids = pad(ids, model.tokenizer.pad_token_id, left=True).to(model.device)
     attention_mask = pad([[1] * len(i) for i in ids], 0, left=True).to(model.device)
@@ -60,7 +69,7 @@ def split_record(model: Any, where: str, record: dict[str, Any], root: Path) -> 
     messages = to_messages(record.get("conversations") or [], where)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     media = {}
-    for modality in model.encoders:
+    for modality in getattr(model, "modalities", model.encoders):
         items = media_list(record, modality, where)
         if items:
             media[modality] = [resolve_media(i, root, where, modality) for i in items]
@@ -81,15 +90,15 @@ def exact_match(model: Any, records: list[tuple[str, dict[str, Any]]], root: str
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from mmadapt.model import MultimodalLM
+    from mmadapt.factory import load_model
 
-    model = MultimodalLM.from_pretrained(args.model)
+    model = load_model(args.model)
     media: dict[str, list[Any]] = {}
     prompt = args.prompt
     for modality, paths in (("image", args.image), ("audio", args.audio), ("video", args.video)):
         if not paths:
             continue
-        if modality not in model.encoders:
+        if modality not in getattr(model, "modalities", model.encoders):
             raise DataError(f"--{modality} given but {args.model} has no {modality} encoder")
         for p in paths:
             if not Path(p).is_file():

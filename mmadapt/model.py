@@ -122,6 +122,10 @@ class MultimodalLM(nn.Module):
             model.load_weights_from(config.init_from)
         return model
 
+    def enable_gradient_checkpointing(self) -> None:
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.llm.config.use_cache = False
+
     def placeholder_id(self, modality: str) -> int:
         return self._placeholder_ids[modality]
 

@@ -124,13 +124,18 @@ def _quantize_llm(model: Any, cfg: PeftConfig) -> None:
     logger.info("QLoRA: reloaded %s with %s bitsandbytes weights", source, cfg.quantization)
 
 
-def apply_peft(model: Any, cfg: PeftConfig) -> None:
+def apply_peft(model: Any, cfg: PeftConfig, train_modules: list[str] | None = None) -> None:
     """Wrap `model.llm` (and, with apply_to: [encoders], every encoder) with fresh LoRA/DoRA adapters.
 
     An LLM that already carries adapters (a LoRA checkpoint) has them merged in first, so a new
     stage trains a new adapter on top of the previous stage's result. Connectors are left as they are.
+    A model with its own `apply_peft` (an HF vision-language model) places its adapters itself.
     """
     from peft import PeftModel, get_peft_model, inject_adapter_in_model
+
+    if hasattr(model, "apply_peft"):
+        model.apply_peft(cfg, list(train_modules or []))
+        return
 
     unknown = [part for part in cfg.apply_to if part not in ("llm", "encoders")]
     if unknown or not cfg.apply_to:

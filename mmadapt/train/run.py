@@ -149,7 +149,7 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
     from transformers import set_seed
 
     from mmadapt.data.loading import generate_data, load_data
-    from mmadapt.model import MultimodalLM
+    from mmadapt.factory import build_model
     from mmadapt.train.freezing import apply_freezing
     from mmadapt.train.trainer import JsonlLogger, MMTrainer
 
@@ -159,15 +159,14 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
     if config.data.generate:
         generate_data(config.data)  # before the model: a generated dataset may carry its tokenizer
     set_seed(config.seed)
-    model = MultimodalLM.from_config(config.model)
+    model = build_model(config.model)
     if config.peft is not None:
         from mmadapt.train.peft import apply_peft
 
-        apply_peft(model, config.peft)
+        apply_peft(model, config.peft, config.training.train_modules)
     apply_freezing(model, config.training.train_modules)
     if config.training.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.llm.config.use_cache = False
+        model.enable_gradient_checkpointing()
     objective = build_objective(config)
     train_data, eval_data, collator, data_stats = load_data(model, config.data)
     if config.data.feature_cache:
@@ -184,6 +183,7 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
         eval_dataset=eval_data,
         data_collator=collator,
         objective=objective,
+        module_lr=config.training.module_lr,
         callbacks=[JsonlLogger(out / "log.jsonl"), *(callbacks or [])],
     )
     start = time.perf_counter()
@@ -251,7 +251,8 @@ def save_outputs(trainer: Any, model: Any, config: RunConfig, out: Path, metrics
     dump(config, out / "config.yaml")
     atomic_write_json(out / "metrics.json", metrics)
     plot_loss(out / "log.jsonl", out / "loss.png", title=f"{stage or out.name}: loss")
-    inputs = [p for p in (config.model.init_from, config.model.llm.name_or_path) if p]
+    base = config.model.vlm.name_or_path if config.model.vlm else config.model.llm.name_or_path
+    inputs = [p for p in (config.model.init_from, base) if p]
     write_manifest(out, kind="training" + (f":{stage}" if stage else ""), config=to_dict(config), inputs=inputs,
                    extra={"metrics": metrics, "objective": config.objective.get("name")})
     logger.info("saved %s (loss curve: %s)", out, out / "loss.png")

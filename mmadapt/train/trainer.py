@@ -23,9 +23,10 @@ STAGING = ".staging"
 
 
 class MMTrainer(Trainer):
-    def __init__(self, *args: Any, objective: Objective, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, objective: Objective, module_lr: dict[str, float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
+        self.module_lr = dict(module_lr or {})
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # ---------------------------------------------------------------- loss and metrics
@@ -58,6 +59,36 @@ class MMTrainer(Trainer):
                 logs[f"{prefix}{key}"] = sum(values) / len(values)
         self._metrics[mode].clear()
         super().log(logs, start_time)
+
+    # ---------------------------------------------------------------- optimiser
+    def create_optimizer(self, model: torch.nn.Module | None = None):
+        """AdamW with one parameter group per `training.module_lr` entry (a part or a name prefix)."""
+        if not self.module_lr or self.optimizer is not None:
+            return super().create_optimizer()
+        from mmadapt.errors import ConfigError
+
+        model = self.model
+        group_of = getattr(model, "parameter_group", None) or (lambda name: name.split(".", 1)[0])
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = defaultdict(list)
+        used: set[str] = set()
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            key = next((k for k in self.module_lr if group_of(name) == k or name.startswith(k)), None)
+            lr = self.module_lr[key] if key is not None else self.args.learning_rate
+            if key is not None:
+                used.add(key)
+            groups[(lr, self.args.weight_decay if name in decay else 0.0)].append(param)
+        unused = sorted(set(self.module_lr) - used)
+        if unused:
+            raise ConfigError(f"training.module_lr: {unused} match no trainable parameter; use encoders, connectors, "
+                              "llm or a parameter-name prefix of a part that trains")
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(
+            [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()], **kwargs)
+        return self.optimizer
 
     # ---------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
