@@ -38,12 +38,28 @@ def checkpoint_kind(directory: str | Path) -> str:
     return "vlm" if raw.get("vlm") else "llm"
 
 
-def load_model(directory: str | Path, is_trainable: bool = False) -> Any:
-    """Load any checkpoint mmadapt wrote (a composed model, or an HF VLM in its own format)."""
-    if checkpoint_kind(directory) == "vlm":
-        from mmadapt.hf.model import HFVisionLM
+def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_code: bool = False) -> Any:
+    """Load any checkpoint mmadapt wrote (a composed model, or an HF VLM in its own format), or a plain
+    Hugging Face vision-language directory of a supported family (an export, or a checkpoint users have)."""
+    from mmadapt.config import VLMConfig
+    from mmadapt.hf.model import HFVisionLM
 
-        return HFVisionLM.from_pretrained(directory, is_trainable=is_trainable)
+    if not (Path(directory) / MODEL_CONFIG_FILE).is_file() and _is_hf_vlm(Path(directory)):
+        return HFVisionLM.from_config(ModelConfig(vlm=VLMConfig(name_or_path=str(directory))), is_trainable=is_trainable)
+    if checkpoint_kind(directory) == "vlm":
+        return HFVisionLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
     from mmadapt.model import MultimodalLM
 
-    return MultimodalLM.from_pretrained(directory, is_trainable=is_trainable)
+    # trust_remote_code: the caller's (a CLI flag), never the checkpoint's own yaml
+    return MultimodalLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
+
+
+def _is_hf_vlm(directory: Path) -> bool:
+    import json
+
+    from mmadapt.hf.families import FAMILIES
+
+    try:
+        return json.loads((directory / "config.json").read_text()).get("model_type") in FAMILIES
+    except (OSError, ValueError):
+        return False

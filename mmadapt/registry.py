@@ -57,6 +57,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "rag": "mmadapt.quickstart.rag:run",
         "edit": "mmadapt.quickstart.edit:run",
         "merge": "mmadapt.quickstart.merge:run",
+        "hf-vlm": "mmadapt.quickstart.hf_vlm:run",
     },
     "dataset_generator": {
         "shapes": "mmadapt.quickstart.shapes:generate",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TASKS = ("vlm", "audio", "video", "dpo", "rag", "edit", "merge")
+TASKS = ("vlm", "audio", "video", "dpo", "rag", "edit", "merge", "hf-vlm")
 MEDIA_TASKS = ("vlm", "audio", "video")  # the ones with a connector to choose
 
 

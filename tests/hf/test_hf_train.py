@@ -1,0 +1,183 @@
+"""HF vision-language checkpoints through mmadapt's trainer: labels, which parts train, save back, LoRA, adapters in."""
+
+import json
+
+import pytest
+import torch
+
+from mmadapt.config import load_run
+from mmadapt.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory, tokenizer_dir):
+    from mmadapt.quickstart.hf_vlm import save_tiny_llava
+
+    return save_tiny_llava(tmp_path_factory.mktemp("llava"), tokenizer_dir, image_size=16, patch_size=8, hidden=32)
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    records = []
+    for i in range(12):
+        name = list(colours)[i % 3]
+        Image.new("RGB", (16, 16), colours[name]).save(root / f"{i}.png")
+        records.append({"image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat colour is the shape ?"}, {"from": "gpt", "value": name},
+            {"from": "human", "value": "where is it ?"}, {"from": "gpt", "value": "top left"}]})
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return root
+
+
+def run_config(llava_dir, colour_data, out, **training):
+    base = {"max_steps": 2, "batch_size": 4, "lr": 0.01, "logging_steps": 1, "train_modules": ["connectors"]}
+    return {"seed": 0, "output_dir": str(out), "model": {"vlm": {"name_or_path": str(llava_dir)}},
+            "data": {"train": str(colour_data / "train.jsonl")}, "training": {**base, **training}}
+
+
+def weights(directory):
+    from transformers import AutoModelForImageTextToText
+
+    return {k: v.clone() for k, v in AutoModelForImageTextToText.from_pretrained(str(directory)).state_dict().items()}
+
+
+def logits_on(model_or_hf, batch, wrapped: bool):
+    with torch.no_grad():
+        if wrapped:
+            return model_or_hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               media=batch.get("media")).logits
+        return model_or_hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           **batch.get("media", {})).logits
+
+
+def a_batch(model, colour_data):
+    from mmadapt.config import DataConfig
+    from mmadapt.data.records import read_records
+    from mmadapt.hf.processing import ProcessedCollator, ProcessedExampleBuilder
+
+    builder = ProcessedExampleBuilder(model.processor, DataConfig(), colour_data / "train.jsonl")
+    return ProcessedCollator(model.processor)(builder.build(read_records(str(colour_data / "train.jsonl"))[:3]))
+
+
+def test_labels_cover_assistant_replies_only(llava_dir, colour_data):
+    from mmadapt.factory import load_model
+
+    model = load_model(llava_dir)
+    batch = a_batch(model, colour_data)
+    row, labels = batch["input_ids"][0], batch["labels"][0]
+    image_id = model.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((row == image_id).sum()) == 4  # 16x16 image, 8x8 patches, CLS dropped
+    supervised = model.tokenizer.decode(labels[labels != -100])
+    assert supervised.split() == ["red", "<|im_end|>", "top", "left", "<|im_end|>"]
+    assert not bool((labels[row == image_id] != -100).any())
+
+
+def test_connector_stage_trains_only_the_projector_and_saves_in_hf_format(llava_dir, colour_data, tmp_path):
+    from mmadapt.train.run import train
+
+    train(load_run(run_config(llava_dir, colour_data, tmp_path / "out", module_lr={"connectors": 0.05})))
+    before, after = weights(llava_dir), weights(tmp_path / "out")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "processor_config.json").is_file()
+
+
+def test_full_finetune_reloads_in_plain_transformers_with_equal_logits(llava_dir, colour_data, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from mmadapt.factory import load_model
+    from mmadapt.train.run import train
+
+    train(load_run(run_config(llava_dir, colour_data, tmp_path / "out", train_modules=["encoders", "connectors", "llm"])))
+    ours = load_model(tmp_path / "out")
+    batch = a_batch(ours, colour_data)
+    plain = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "out"))
+    diff = (logits_on(ours, batch, True) - logits_on(plain, batch, False)).abs().max()
+    assert diff <= 1e-5
+    changed = {k.split(".")[0] for k, v in weights(tmp_path / "out").items() if not torch.equal(v, weights(llava_dir)[k])}
+    assert {"model", "lm_head"} & changed
+
+
+def test_lora_saves_a_standard_peft_adapter_and_exports_merged(llava_dir, colour_data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from mmadapt.factory import load_model
+    from mmadapt.hf.export import export_hf
+    from mmadapt.train.run import train
+
+    config = run_config(llava_dir, colour_data, tmp_path / "lora", train_modules=["connectors", "llm"])
+    config["peft"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+    train(load_run(config))
+    out = tmp_path / "lora"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["multi_modal_projector"]
+    assert all("language_model" in t for t in adapter["target_modules"])  # no LoRA in the vision tower
+    ours = load_model(out)
+    batch = a_batch(ours, colour_data)
+    plain = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(str(llava_dir)), str(out))
+    assert (logits_on(ours, batch, True) - logits_on(plain, batch, False)).abs().max() <= 1e-5
+    untouched = AutoModelForImageTextToText.from_pretrained(str(llava_dir))
+    assert (logits_on(plain, batch, False) - logits_on(untouched, batch, False)).abs().max() > 1e-4
+
+    exported = export_hf(out, tmp_path / "export")
+    assert not (exported / "adapter_config.json").exists()
+    merged = AutoModelForImageTextToText.from_pretrained(str(exported))
+    assert (logits_on(merged, batch, False) - logits_on(ours, batch, True)).abs().max() <= 1e-5
+
+
+def test_a_plain_peft_adapter_directory_starts_a_run(llava_dir, colour_data, tmp_path):
+    from mmadapt.train.run import train
+
+    first = run_config(llava_dir, colour_data, tmp_path / "first", train_modules=["llm"])
+    first["peft"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+    train(load_run(first))
+    (tmp_path / "first" / "mmadapt_model.yaml").unlink()  # as a peft adapter from elsewhere would arrive
+    second = run_config(tmp_path / "first", colour_data, tmp_path / "second", train_modules=["llm"])
+    second["peft"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+    train(load_run(second))
+    assert (tmp_path / "second" / "adapter_config.json").is_file()
+    continued = run_config(llava_dir, colour_data, tmp_path / "third", train_modules=["llm"])
+    continued["model"]["vlm"]["adapter"] = str(tmp_path / "first")
+    train(load_run(continued))  # the adapter keeps training (no second LoRA stacked on it)
+    saved = json.loads((tmp_path / "third" / "adapter_config.json").read_text())
+    assert saved["r"] == 4
+
+
+def test_two_stages_chain_through_the_hf_layout(llava_dir, colour_data, tmp_path):
+    from mmadapt.train.run import train
+
+    config = run_config(llava_dir, colour_data, tmp_path / "run")
+    config["stages"] = [{"name": "align", "training": {"train_modules": ["connectors"]}},
+                        {"name": "tune", "training": {"train_modules": ["connectors", "llm"]}}]
+    train(load_run(config))
+    align, tune = weights(tmp_path / "run" / "align"), weights(tmp_path / "run" / "tune")
+    projector = [k for k in align if "multi_modal_projector" in k]
+    assert all(not torch.equal(align[k], weights(llava_dir)[k]) for k in projector)
+    assert any(not torch.equal(align[k], tune[k]) for k in align if "language_model" in k)
+
+
+def test_unsupported_architecture_and_missing_processor_are_named(tmp_path, llava_dir):
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mmadapt.config import ModelConfig, VLMConfig
+    from mmadapt.hf.model import HFVisionLM
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ConfigError, match="gpt2.*supported: llava"):
+        HFVisionLM.from_config(ModelConfig(vlm=VLMConfig(name_or_path=str(tmp_path / "gpt2"))))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(llava_dir / f, bare / f)
+    with pytest.raises(ConfigError, match="processor"):
+        HFVisionLM.from_config(ModelConfig(vlm=VLMConfig(name_or_path=str(bare))))
+    with pytest.raises(ConfigError, match="model.vlm brings its own"):
+        load_run({"model": {"vlm": {"name_or_path": str(llava_dir)}, "encoders": {"image": {"name": "timm"}},
+                            "connectors": {"image": {"name": "mlp"}}}})
