@@ -23,6 +23,11 @@ def collate_media(model: Any, examples: list[Example]) -> dict[str, Any]:
     """
     from mmadapt.model import EncodedMedia
 
+    processor = getattr(model, "processor", None)
+    if processor is not None:  # an HF vision-language model: its processor makes the pixel tensors
+        from mmadapt.hf.processing import media_batch
+
+        return media_batch(processor, examples)
     caches = getattr(model, "feature_caches", {})
     media: dict[str, Any] = {}
     for modality, cache in caches.items():

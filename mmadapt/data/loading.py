@@ -47,7 +47,13 @@ def load_conversations(path: str, model: Any, data_cfg: DataConfig, stats_prefix
     from mmadapt.data.conversations import ExampleBuilder
     from mmadapt.data.records import read_records
 
-    builder = ExampleBuilder(model, data_cfg, path)
+    processor = getattr(model, "processor", None)
+    if processor is not None:  # an HF vision-language model: its own processor renders and expands images
+        from mmadapt.hf.processing import ProcessedExampleBuilder
+
+        builder = ProcessedExampleBuilder(processor, data_cfg, path)
+    else:
+        builder = ExampleBuilder(model, data_cfg, path)
     examples = builder.build(read_records(path))
     return examples, builder.stats.as_metrics(stats_prefix)
 
@@ -62,14 +68,9 @@ def load_data(model: Any, data_cfg: DataConfig) -> tuple[list, list | None, Any,
             raise ConfigError(f"data.retrieval builds conversations; data.format must be 'conversations', "
                               f"got {data_cfg.format!r}")
         loader_target = "mmadapt.rag.augment:load_retrieval_conversations"
-    processor = getattr(model, "processor", None)
-    if processor is not None:  # an HF vision-language model: its own processor tokenises and expands images
-        if data_cfg.format != "conversations" or data_cfg.retrieval:
-            raise ConfigError(f"data.format {data_cfg.format!r}{' with data.retrieval' if data_cfg.retrieval else ''} "
-                              "is not supported for model.vlm yet; valid: conversations")
-        loader_target = "mmadapt.hf.processing:load_processed_conversations"
-        collator_target = "mmadapt.hf.processing:ProcessedCollator"
-        model = processor
+    if getattr(model, "processor", None) is not None and data_cfg.format == "text":
+        raise ConfigError("data.format 'text' is for causal LMs; a model.vlm trains on conversations, preference "
+                          "or kto data")
     loader = _load(loader_target)
     train, stats = loader(data_cfg.train, model, data_cfg, "data_train")
     evaluation = None

@@ -100,6 +100,9 @@ class PreferenceTokenizer:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        return render(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
+
     def prompt(
         self, where: str, record: dict[str, Any]
     ) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
@@ -136,8 +139,8 @@ class PreferenceTokenizer:
         for placeholder in PLACEHOLDERS.values():
             if placeholder in text:
                 raise DataError(f"{where}: '{key}' contains {placeholder}; media belong in the prompt")
-        prompt = render(self.tokenizer, messages, add_generation_prompt=True)
-        full = render(self.tokenizer, messages + [{"role": "assistant", "content": text}])
+        prompt = self.render(messages, add_generation_prompt=True)
+        full = self.render(messages + [{"role": "assistant", "content": text}])
         if not full.startswith(prompt):
             raise DataError(f"{where}: the chat template does not render prompt + reply prefix-consistently; "
                             "set data.chat_template to a template that does")
@@ -157,6 +160,16 @@ class PreferenceTokenizer:
 
     def build(self, records: list[tuple[str, dict[str, Any]]], one: Any) -> list[Any]:
         return build_examples(records, one, self.cfg.skip_bad_samples, self.stats)
+
+
+def preference_tokenizer(model: Any, data_cfg: DataConfig, data_file: str | Path) -> PreferenceTokenizer:
+    """The tokenizer for `model`'s pairs: an HF vision-language model's goes through its processor."""
+    processor = getattr(model, "processor", None)
+    if processor is not None:
+        from mmadapt.hf.preference import ProcessedPreferenceTokenizer
+
+        return ProcessedPreferenceTokenizer(processor, data_cfg, data_file)
+    return PreferenceTokenizer(model, data_cfg, data_file)
 
 
 def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> PreferenceExample | None:
@@ -183,7 +196,7 @@ def read_preference_records(
     path: str, model: Any, data_cfg: DataConfig, stats_prefix: str
 ) -> tuple[list[PreferenceExample], dict[str, float]]:
     """Tokenised preference pairs from a .json / .jsonl file and the data statistics (drops, truncations)."""
-    tok = PreferenceTokenizer(model, data_cfg, path)
+    tok = preference_tokenizer(model, data_cfg, path)
     examples = tok.build(read_records(path), lambda where, record: _pair(tok, where, record))
     return examples, tok.stats.as_metrics(stats_prefix)
 
@@ -217,7 +230,7 @@ def read_kto_records(
     path: str, model: Any, data_cfg: DataConfig, stats_prefix: str
 ) -> tuple[list[KTOExample], dict[str, float]]:
     """Tokenised KTO samples; each gets the completion of the next sample with another prompt as its fixed KL row."""
-    tok = PreferenceTokenizer(model, data_cfg, path)
+    tok = preference_tokenizer(model, data_cfg, path)
     examples = tok.build(read_records(path), lambda where, record: _kto(tok, where, record))
     if len(examples) == 1:
         logger.warning("%s: one KTO sample, so its KL row is its own completion", path)

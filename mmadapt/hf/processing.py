@@ -12,14 +12,12 @@ checking that every text token lands on itself.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmadapt.config import DataConfig
-from mmadapt.data.collator import pad
 from mmadapt.data.conversations import (IGNORE_INDEX, DataStats, Example, build_examples, media_list,
                                         resolve_media)
 from mmadapt.data.templates import assistant_spans, to_messages
@@ -27,11 +25,6 @@ from mmadapt.errors import DataError
 
 logger = logging.getLogger(__name__)
 IMAGE_MARKER = "<image>"  # where an image goes in our records' text
-
-
-@dataclass
-class ProcessedExample(Example):
-    text: str = ""  # the rendered conversation, image tokens not yet expanded (the collator re-processes it)
 
 
 def to_hf_messages(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -135,7 +128,7 @@ def align_labels(plain_ids: list[int], labels: list[int], expanded: list[int], i
 
 
 class ProcessedExampleBuilder:
-    """Raw conversation records -> ProcessedExamples for one HF processor (same checks as ExampleBuilder)."""
+    """Raw conversation records -> Examples for one HF processor (same checks as ExampleBuilder)."""
 
     def __init__(self, processor: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
         self.processor = processor
@@ -149,10 +142,10 @@ class ProcessedExampleBuilder:
         self.image_id = self.tokenizer.convert_tokens_to_ids(_image_token(processor))
         self.stats = DataStats()
 
-    def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[ProcessedExample]:
+    def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
         return build_examples(records, self.build_one, self.cfg.skip_bad_samples, self.stats)
 
-    def build_one(self, where: str, record: dict[str, Any]) -> ProcessedExample | None:
+    def build_one(self, where: str, record: dict[str, Any]) -> Example | None:
         if self.cfg.format != "conversations":
             raise DataError(f"{where}: data.format {self.cfg.format!r} is not supported for model.vlm; "
                             "use conversations (or preference with a preference objective)")
@@ -170,25 +163,25 @@ class ProcessedExampleBuilder:
                             f"put one {IMAGE_MARKER} where each image goes")
         paths = [resolve_media(item, self.root, where, "image") for item in items]
         images = [load_image(p, where) for p in paths]
-        input_ids, labels, text = self.encode(messages, images, where)
-        example = ProcessedExample(where, input_ids, labels, {"image": paths} if paths else {}, text=text)
+        input_ids, labels = self.encode(messages, images, where)
+        example = Example(where, input_ids, labels, {"image": paths} if paths else {})
         return self._truncate(example)
 
-    def encode(self, messages: list[dict[str, str]], images: list[Any], where: str) -> tuple[list[int], list[int], str]:
-        """(processor input ids, labels on assistant replies only, rendered text) of one conversation."""
+    def encode(self, messages: list[dict[str, str]], images: list[Any], where: str) -> tuple[list[int], list[int]]:
+        """(processor input ids, labels on assistant replies only) of one conversation."""
         text, spans = assistant_spans(self.processor, to_hf_messages(messages))
         add_special = add_special_tokens_for(self.tokenizer, text)
         plain = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
         labels = [tok if any(s <= a and b <= e and b > a for s, e in spans) else IGNORE_INDEX
                   for tok, (a, b) in zip(plain["input_ids"], plain["offset_mapping"])]
         if not images:
-            return list(plain["input_ids"]), labels, text
+            return list(plain["input_ids"]), labels
         expanded = process_images(self.processor, [text], [images], add_special)["input_ids"][0].tolist()
         lengths = ([len(expanded) - len(plain["input_ids"]) + 1] if len(images) == 1
                    else expansion_lengths(self.processor, images, add_special))
-        return expanded, align_labels(list(plain["input_ids"]), labels, expanded, self.image_id, lengths, where), text
+        return expanded, align_labels(list(plain["input_ids"]), labels, expanded, self.image_id, lengths, where)
 
-    def _truncate(self, example: ProcessedExample) -> ProcessedExample | None:
+    def _truncate(self, example: Example) -> Example | None:
         limit = self.cfg.max_length
         if len(example.input_ids) > limit:
             if example.media:
@@ -204,42 +197,15 @@ class ProcessedExampleBuilder:
         return example
 
 
-def media_batch(processor: Any, examples: list[Any], add_special: bool = True) -> dict[str, torch.Tensor]:
-    """The processor's pixel tensors (pixel_values, image_sizes, image_grid_thw, ...) for a batch's images."""
+def media_batch(processor: Any, examples: list[Any]) -> dict[str, torch.Tensor]:
+    """The processor's pixel tensors (pixel_values, image_sizes, image_grid_thw, ...) for a batch's images, in
+    placeholder order. Pixel tensors depend on the images only, so each sample's text is just its image tokens."""
     images = [[load_image(p, e.where) for p in e.media.get("image", [])] for e in examples]
     if not any(images):
         return {}
-    texts = [e.text for e in examples]
-    processed = process_images(processor, texts, images, add_special_tokens_for(processor.tokenizer, texts[0]))
+    token = _image_token(processor)
+    processed = process_images(processor, [token * len(row) for row in images], images, add_special=False)
     return {k: v for k, v in processed.items() if k not in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")}
-
-
-class ProcessedCollator:
-    """ProcessedExamples -> {input_ids, attention_mask, labels, media: the family's pixel tensors}; right padding."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-        self.pad_id = processor.tokenizer.pad_token_id
-
-    def __call__(self, examples: list[ProcessedExample]) -> dict[str, Any]:
-        batch: dict[str, Any] = {
-            "input_ids": pad([e.input_ids for e in examples], self.pad_id),
-            "attention_mask": pad([[1] * len(e.input_ids) for e in examples], 0),
-            "labels": pad([e.labels for e in examples], IGNORE_INDEX),
-        }
-        media = media_batch(self.processor, examples)
-        if media:
-            batch["media"] = media
-        return batch
-
-
-def load_processed_conversations(path: str, processor: Any, data_cfg: DataConfig,
-                                 stats_prefix: str) -> tuple[list[ProcessedExample], dict[str, float]]:
-    from mmadapt.data.records import read_records
-
-    builder = ProcessedExampleBuilder(processor, data_cfg, path)
-    examples = builder.build(read_records(path))
-    return examples, builder.stats.as_metrics(stats_prefix)
 
 
 def encode_prompts(processor: Any, prompts: list[tuple[list[dict[str, str]], dict[str, list[Any]]]]) -> dict[str, Any]:

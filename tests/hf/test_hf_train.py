@@ -57,10 +57,11 @@ def logits_on(model_or_hf, batch, wrapped: bool):
 def a_batch(model, colour_data):
     from mmadapt.config import DataConfig
     from mmadapt.data.records import read_records
-    from mmadapt.hf.processing import ProcessedCollator, ProcessedExampleBuilder
+    from mmadapt.data.collator import ConversationCollator
+    from mmadapt.hf.processing import ProcessedExampleBuilder
 
     builder = ProcessedExampleBuilder(model.processor, DataConfig(), colour_data / "train.jsonl")
-    return ProcessedCollator(model.processor)(builder.build(read_records(str(colour_data / "train.jsonl"))[:3]))
+    return ConversationCollator(model)(builder.build(read_records(str(colour_data / "train.jsonl"))[:3]))
 
 
 def test_labels_cover_assistant_replies_only(llava_dir, colour_data):
@@ -181,3 +182,44 @@ def test_unsupported_architecture_and_missing_processor_are_named(tmp_path, llav
     with pytest.raises(ConfigError, match="model.vlm brings its own"):
         load_run({"model": {"vlm": {"name_or_path": str(llava_dir)}, "encoders": {"image": {"name": "timm"}},
                             "connectors": {"image": {"name": "mlp"}}}})
+
+
+@pytest.fixture(scope="module")
+def preference_data(colour_data):
+    records, kto = [], []
+    for i, (good, bad) in enumerate([("red", "blue"), ("green", "red"), ("blue", "green")] * 2):
+        prompt = "<image>\nwhat colour is the shape ?"
+        records.append({"image": f"{i}.png", "prompt": prompt, "chosen": good, "rejected": bad})
+        kto.append({"image": f"{i}.png", "prompt": prompt, "completion": good if i % 2 else bad, "label": bool(i % 2)})
+    (colour_data / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (colour_data / "kto.jsonl").write_text("\n".join(json.dumps(r) for r in kto) + "\n")
+    return colour_data
+
+
+@pytest.mark.parametrize("objective", ["dpo", "ipo", "simpo", "orpo", "kto"])
+def test_preference_objectives_train_an_hf_vlm(llava_dir, preference_data, tmp_path, objective):
+    from mmadapt.train.run import train
+
+    kto = objective == "kto"
+    config = run_config(llava_dir, preference_data, tmp_path / "out", train_modules=["connectors", "llm"])
+    config["data"] = {"train": str(preference_data / ("kto.jsonl" if kto else "pairs.jsonl")),
+                      "format": "kto" if kto else "preference"}
+    config["objective"] = {"name": objective}
+    config["peft"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+    metrics = train(load_run(config))
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(llava_dir.resolve())
+
+
+def test_preference_prompt_ids_are_the_processors(llava_dir, preference_data):
+    from mmadapt.config import DataConfig
+    from mmadapt.data.preference import read_preference_records
+    from mmadapt.factory import load_model
+
+    model = load_model(llava_dir)
+    examples, _ = read_preference_records(str(preference_data / "pairs.jsonl"), model, DataConfig(format="preference"),
+                                          "data_train")
+    image_id = model.tokenizer.convert_tokens_to_ids("<image>")
+    assert examples[0].prompt_ids.count(image_id) == 4
+    assert model.tokenizer.decode(examples[0].chosen_ids).split() == ["red", "<|im_end|>"]

@@ -64,9 +64,10 @@ def group_logps(model: Any, batch: dict[str, Any], groups: int) -> list[Completi
         raise ValueError(f"{rows} rows do not split into {groups} groups")
     size = rows // groups
     media = batch.get("media")
-    if media and hasattr(model, "module"):
-        # A DDP / FSDP wrapper syncs gradients only through its own forward, so no embed() shortcut:
-        # every group gets its prompts' media again (encoded once per row instead of once per prompt).
+    if media and (hasattr(model, "module") or not hasattr(model, "embed")):
+        # A DDP / FSDP wrapper syncs gradients only through its own forward, and an HF vision-language model
+        # embeds inside its own forward, so no embed() shortcut: every group gets its prompts' media again
+        # (encoded once per row instead of once per prompt; every media tensor is per item along dim 0).
         repeated = {m: torch.cat([items] * groups) for m, items in media.items()}
         logits = model(input_ids=input_ids, attention_mask=attention_mask, media=repeated).logits
     elif media:

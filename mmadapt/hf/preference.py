@@ -1,0 +1,58 @@
+"""Preference pairs and KTO samples for an HF vision-language model: prompts rendered and expanded by its processor.
+
+The pair logic (checks, truncation, shared prompt tokens) is data/preference.py's; only rendering
+(the processor's chat template, over content-part messages) and the prompt's image expansion differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmadapt.config import DataConfig
+from mmadapt.data.conversations import DataStats, media_list, resolve_media
+from mmadapt.data.preference import PreferenceTokenizer, prompt_messages
+from mmadapt.errors import DataError
+from mmadapt.hf.processing import (IMAGE_MARKER, add_special_tokens_for, load_image, process_images,
+                                   to_hf_messages)
+
+
+class ProcessedPreferenceTokenizer(PreferenceTokenizer):
+    """PreferenceTokenizer over an HF processor (its chat template, image token and image expansion)."""
+
+    def __init__(self, processor: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
+        self.model = None
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.cfg = data_cfg
+        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
+        if data_cfg.chat_template is not None:
+            processor.chat_template = data_cfg.chat_template
+        if not getattr(processor, "chat_template", None):
+            raise DataError(f"{type(processor).__name__} has no chat_template; set data.chat_template")
+        self.modalities = ["image"]
+        self.stats = DataStats()
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        return self.processor.apply_chat_template(to_hf_messages(messages), tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def prompt(self, where: str, record: dict[str, Any]) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
+        messages = prompt_messages(record.get("prompt"), where)
+        for modality in ("audio", "video"):
+            if record.get(modality) is not None:
+                raise DataError(f"{where}: has {modality}, but this vision-language model takes images only")
+        items = media_list(record, "image", where)
+        n_markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
+        if n_markers != len(items):
+            raise DataError(f"{where}: {n_markers} {IMAGE_MARKER} placeholder(s) in the prompt but {len(items)} "
+                            f"image(s); put one {IMAGE_MARKER} where each image goes")
+        paths = [resolve_media(item, self.root, where, "image") for item in items]
+        text = self.render(messages, add_generation_prompt=True)
+        add_special = add_special_tokens_for(self.tokenizer, text)
+        if paths:
+            images = [load_image(p, where) for p in paths]
+            ids = process_images(self.processor, [text], [images], add_special)["input_ids"][0].tolist()
+        else:
+            ids = list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        return messages, ids, {"image": paths} if paths else {}
