@@ -32,7 +32,7 @@ CHATML_VISION_TEMPLATE = (
 
 
 def save_tiny_llava(out: Path, tokenizer_dir: Path, image_size: int = 32, patch_size: int = 8, hidden: int = 64,
-                    seed: int = 0) -> Path:
+                    feature_layer: int = -1, seed: int = 0) -> Path:
     """A random LlavaForConditionalGeneration + LlavaProcessor in `out` (the 'pretrained checkpoint' of the quickstart)."""
     from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
@@ -46,7 +46,7 @@ def save_tiny_llava(out: Path, tokenizer_dir: Path, image_size: int = 32, patch_
                        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         vision_feature_select_strategy="default", vision_feature_layer=feature_layer,
                          projector_hidden_act="gelu")
     torch.manual_seed(seed)
     LlavaForConditionalGeneration(config).save_pretrained(str(out))
@@ -69,8 +69,10 @@ def recipe(out: Path, data: Path, base: Path) -> dict[str, Any]:
         "training": {"threads": 1, "batch_size": 32, "lr": 0.002, "warmup_ratio": 0.05, "logging_steps": 10},
         "stages": [
             {"name": "stage1-align", "training": {"train_modules": ["connectors"], "epochs": 1}},
-            {"name": "stage2-instruct", "training": {"train_modules": ["encoders", "connectors", "llm"], "epochs": 10,
-                                                     "lr": 0.003, "module_lr": {"connectors": 0.001}}},
+            # The tower stays frozen, as in LLaVA: training this random CLIP tower along with the LM kept the model
+            # from reading the images at all (held-out 0.30-0.44 against 0.98 frozen).
+            {"name": "stage2-instruct", "training": {"train_modules": ["connectors", "llm"], "epochs": 10,
+                                                     "lr": 0.003, "module_lr": {"connectors": 0.006}}},
         ],
     }
 
@@ -111,10 +113,11 @@ def export_logit_diff(model: Any, export_dir: Path, records: list[tuple[str, dic
     from transformers import AutoModelForImageTextToText
 
     from mmadapt.config import DataConfig
-    from mmadapt.hf.processing import ProcessedCollator, ProcessedExampleBuilder
+    from mmadapt.data.collator import ConversationCollator
+    from mmadapt.hf.processing import ProcessedExampleBuilder
 
     builder = ProcessedExampleBuilder(model.processor, DataConfig(max_length=64), root / "eval.jsonl")
-    batch = ProcessedCollator(model.processor)(builder.build(records[:16]))
+    batch = ConversationCollator(model)(builder.build(records[:16]))
     reloaded = AutoModelForImageTextToText.from_pretrained(str(export_dir)).eval()
     model.eval()
     with torch.no_grad():
@@ -149,7 +152,7 @@ def run(out: Path, connector: str | None = None) -> dict[str, float]:
         before, _ = exact_match(untrained, records, data, desc="accuracy before training")
         del untrained
         start = time.perf_counter()
-        summary = train(config)
+        summary = train(config, overwrite=True)  # a re-run replaces its own earlier outputs
         final = Path(config.output_dir) / "stage2-instruct"
         model = HFVisionLM.from_pretrained(final)
         after, pairs = exact_match(model, records, data, desc="accuracy after training")

@@ -7,36 +7,7 @@ import torch
 
 from mmadapt.config import load_run
 from mmadapt.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory, tokenizer_dir):
-    from mmadapt.quickstart.hf_vlm import save_tiny_llava
-
-    return save_tiny_llava(tmp_path_factory.mktemp("llava"), tokenizer_dir, image_size=16, patch_size=8, hidden=32)
-
-
-@pytest.fixture(scope="module")
-def colour_data(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("data")
-    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
-    records = []
-    for i in range(12):
-        name = list(colours)[i % 3]
-        Image.new("RGB", (16, 16), colours[name]).save(root / f"{i}.png")
-        records.append({"image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nwhat colour is the shape ?"}, {"from": "gpt", "value": name},
-            {"from": "human", "value": "where is it ?"}, {"from": "gpt", "value": "top left"}]})
-    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return root
-
-
-def run_config(llava_dir, colour_data, out, **training):
-    base = {"max_steps": 2, "batch_size": 4, "lr": 0.01, "logging_steps": 1, "train_modules": ["connectors"]}
-    return {"seed": 0, "output_dir": str(out), "model": {"vlm": {"name_or_path": str(llava_dir)}},
-            "data": {"train": str(colour_data / "train.jsonl")}, "training": {**base, **training}}
+from hf_helpers import run_config
 
 
 def weights(directory):
@@ -223,3 +194,46 @@ def test_preference_prompt_ids_are_the_processors(llava_dir, preference_data):
     image_id = model.tokenizer.convert_tokens_to_ids("<image>")
     assert examples[0].prompt_ids.count(image_id) == 4
     assert model.tokenizer.decode(examples[0].chosen_ids).split() == ["red", "<|im_end|>"]
+
+
+def _killed_run(raw, kill_at):
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    from mmadapt.train.run import train
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.set_num_threads(1)
+    train(load_run(raw), callbacks=[Kill()])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_killed_hf_vlm_run_resumes_to_the_same_weights(llava_dir, colour_data, tmp_path, lora):
+    import multiprocessing as mp
+    import signal
+
+    from mmadapt.factory import load_model
+    from mmadapt.train.run import train
+
+    def config(out):
+        raw = run_config(llava_dir, colour_data, out, max_steps=6, save_steps=2, train_modules=["connectors", "llm"])
+        if lora:
+            raw["peft"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+        return raw
+
+    train(load_run(config(tmp_path / "a")))
+    proc = mp.get_context("fork").Process(target=_killed_run, args=(config(tmp_path / "b"), 3))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == -signal.SIGKILL
+    train(load_run(config(tmp_path / "b")), resume=True)
+    a = load_model(tmp_path / "a").hf.state_dict()
+    b = load_model(tmp_path / "b").hf.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
