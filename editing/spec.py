@@ -113,13 +113,31 @@ def get_spec(model_type: str, override: dict[str, Any] | None = None) -> ArchSpe
     return ArchSpec(model_type=model_type, **SPECS[model_type])
 
 
+def vlm_spec(vlm_type: str, text_type: str) -> ArchSpec:
+    """The language model's spec inside an HF vision-language model: its decoder's templates, re-rooted at the
+    family's language-model module (e.g. llava: "model.layers.{}" -> "model.language_model.layers.{}")."""
+    from mmadapt.hf.families import FAMILIES
+
+    text = get_spec(text_type)
+    root = FAMILIES[vlm_type].language_model + "."
+    fields = {k: getattr(text, k) for k in ("layer", "mlp", "attn", "rewrite", "embed")}
+    moved = {k: (root + v[len("model."):] if v.startswith("model.") else root + v) for k, v in fields.items()}
+    return ArchSpec(model_type=vlm_type, weight_layout=text.weight_layout, **moved)
+
+
 def spec_for(model: nn.Module, override: dict[str, Any] | None = None) -> ArchSpec:
-    """The spec of a HF causal LM (read from `model.config.model_type`), checked against its modules."""
+    """The spec of a HF causal LM (read from `model.config.model_type`), checked against its modules; for an HF
+    vision-language model, the spec of the language model inside it."""
+    from mmadapt.hf.families import FAMILIES
+
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         raise ConfigError(f"{type(model).__name__} has no config.model_type; knowledge editing needs a HF causal LM")
-    spec = get_spec(model_type, override)
+    if model_type in FAMILIES and override is None:
+        spec = vlm_spec(model_type, config.text_config.model_type)
+    else:
+        spec = get_spec(model_type, override)
     modules = dict(model.named_modules())
     for template in (spec.layer, spec.mlp, spec.attn, spec.rewrite):
         if template.format(0) not in modules:
@@ -133,7 +151,8 @@ def spec_for(model: nn.Module, override: dict[str, Any] | None = None) -> ArchSp
 
 
 def num_layers(model: nn.Module) -> int:
-    return int(model.config.num_hidden_layers)
+    config = getattr(model.config, "text_config", None) or model.config  # a VLM's decoder is its text model
+    return int(config.num_hidden_layers)
 
 
 def check_layers(model: nn.Module, layers: list[int], key: str) -> list[int]:

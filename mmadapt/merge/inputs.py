@@ -57,7 +57,7 @@ def open_input(path: str, label: str) -> ModelInput:
     label = f"{label} ({path})"
     if not directory.is_dir():
         raise ConfigError(f"{label}: no such directory (merges read local directories; download hub models first)")
-    if (directory / MODEL_CONFIG_FILE).is_file():
+    if (directory / MODEL_CONFIG_FILE).is_file() and not _is_hf_vlm_checkpoint(directory):
         adapter = directory / ADAPTER_DIR
         return ModelInput(label, directory, "multimodal", llm_dir=directory / LLM_DIR,
                           adapter_dir=adapter if adapter.is_dir() else None)
@@ -67,6 +67,15 @@ def open_input(path: str, label: str) -> ModelInput:
         return ModelInput(label, directory, "hf", llm_dir=directory)
     raise ConfigError(f"{label}: not a model directory: expected {MODEL_CONFIG_FILE} (mmadapt checkpoint), "
                       f"config.json (Hugging Face model) or {ADAPTER_CONFIG} (peft LoRA adapter)")
+
+
+def _is_hf_vlm_checkpoint(directory: Path) -> bool:
+    """An HF vision-language model trained by mmadapt is saved in its family's own layout (config.json or a peft
+    adapter), not mmadapt's llm/ + multimodal.safetensors: it merges as the HF model or adapter it is."""
+    try:
+        return bool((yaml.safe_load((directory / MODEL_CONFIG_FILE).read_text()) or {}).get("vlm"))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
 
 
 def llm_source(inp: ModelInput, base: ModelInput | None) -> Source:

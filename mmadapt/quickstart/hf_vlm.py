@@ -32,7 +32,7 @@ CHATML_VISION_TEMPLATE = (
 
 
 def save_tiny_llava(out: Path, tokenizer_dir: Path, image_size: int = 32, patch_size: int = 8, hidden: int = 64,
-                    feature_layer: int = -1, seed: int = 0) -> Path:
+                    feature_layer: int = -1, init_range: float = 0.02, seed: int = 0) -> Path:
     """A random LlavaForConditionalGeneration + LlavaProcessor in `out` (the 'pretrained checkpoint' of the quickstart)."""
     from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
@@ -43,7 +43,7 @@ def save_tiny_llava(out: Path, tokenizer_dir: Path, image_size: int = 32, patch_
                               num_attention_heads=4, image_size=image_size, patch_size=patch_size)
     text = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
-                       tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                       tie_word_embeddings=False, initializer_range=init_range, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                          vision_feature_select_strategy="default", vision_feature_layer=feature_layer,

@@ -36,7 +36,7 @@ def test_merge_policy_per_part_slerp_llm_average_projector_keep_tower(two_finetu
     sa, sb, merged = state(a), state(b), state(tmp_path / "merged")
     projector = "model.multi_modal_projector.linear_1.weight"
     torch.testing.assert_close(merged[projector], (sa[projector] + sb[projector]) / 2)
-    tower = "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"
+    tower = "model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"
     assert torch.equal(merged[tower], sa[tower])
     llm = "model.language_model.layers.0.self_attn.q_proj.weight"
     expected = slerp_merge(None, [sa[llm], sb[llm]], MergeParams(t=0.5))
@@ -53,3 +53,33 @@ def test_merge_policy_errors_name_the_entry():
         load_merge_config({"method": "linear", "models": models, "parts": [{"part": "tower", "method": "keep"}]})
     with pytest.raises(ConfigError, match=r"parts\[0\].method: task_arithmetic needs base_model"):
         load_merge_config({"method": "linear", "models": models, "parts": [{"part": "llm", "method": "task_arithmetic"}]})
+
+
+def test_rome_edits_the_language_model_inside_an_hf_vlm_and_reverts_exactly(tmp_path):
+    import json
+
+    from mmadapt.cli import main
+    from mmadapt.lineage import hash_files
+    from mmadapt.quickstart.hf_vlm import save_tiny_llava
+    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+
+    texts = [f"the tower of {s} is in {c} ." for s in ("alba", "bront", "cimo") for c in ("paris", "rome", "oslo")]
+    train_word_tokenizer(texts, tmp_path / "tok", extra_tokens=["<image>"])
+    # a wide init, so a few hidden-state shifts can move a random model's predictions (as the ROME tests do)
+    base = save_tiny_llava(tmp_path / "llava", tmp_path / "tok", image_size=16, patch_size=8, hidden=32, init_range=0.3)
+    (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n")
+    request = {"prompt": "the tower of {}", "subject": "alba", "target_new": "rome", "target_true": "paris"}
+    (tmp_path / "edits.jsonl").write_text(json.dumps(request) + "\n")
+    edited = tmp_path / "edited"
+    code = main(["edit", "apply", "--model", str(base), "--edits", str(tmp_path / "edits.jsonl"), "--method", "rome",
+                 "--out", str(edited), "--corpus", str(tmp_path / "corpus.txt"), "--stats-dir", str(tmp_path / "stats"),
+                 "--set", "layer=0", "--set", "clamp_norm_factor=10.0", "--set", "v_weight_decay=0.05",
+                 "--set", "num_prefixes=0", "--set", "v_steps=40"])
+    assert code == 0
+    record = json.loads((edited / "edit" / "edit.json").read_text())
+    assert record["metrics"]["after"]["efficacy"] == 1.0
+    assert list(record["delta_norms"]) == ["model.language_model.layers.0.mlp.down_proj.weight"]
+    changed = [f for f, h in hash_files(edited).items() if hash_files(base).get(f) not in (None, h)]
+    assert changed == ["model.safetensors"]
+    assert main(["edit", "revert", str(edited), "--out", str(tmp_path / "reverted")]) == 0
+    assert hash_files(tmp_path / "reverted") == hash_files(base)  # bit for bit
