@@ -127,24 +127,30 @@ def export_logit_diff(model: Any, export_dir: Path, records: list[tuple[str, dic
 
 
 def run(out: Path, connector: str | None = None) -> dict[str, float]:
+    """Generate shapes, save the tiny LLaVA, measure, fine-tune (2 stages), export, reload in transformers, measure."""
+    from mmadapt.errors import ConfigError
+
+    if connector is not None:
+        raise ConfigError("--connector: the hf-vlm quickstart keeps the checkpoint's own projector")
+    return run_hf_vlm(Path(out))
+
+
+def run_hf_vlm(out: Path, n_train: int = 3000, n_eval: int = 300, overrides: list[str] | None = None) -> dict[str, float]:
     from mmadapt.config import ModelConfig, VLMConfig, load_run
     from mmadapt.data.loading import generate_data
     from mmadapt.data.records import read_records
-    from mmadapt.errors import ConfigError
     from mmadapt.generate import exact_match
     from mmadapt.hf.export import export_hf
     from mmadapt.hf.model import HFVisionLM
     from mmadapt.train.run import print_table, torch_threads, train
 
-    if connector is not None:
-        raise ConfigError("--connector: the hf-vlm quickstart keeps the checkpoint's own projector")
-    out = Path(out)
     data, base = out / "data", out / "base-llava"
-    config = load_run(recipe(out, data, base))
+    config = load_run(recipe(out, data, base), overrides)
     with torch_threads(config.training.threads):
         from mmadapt.config import DataConfig
 
-        generate_data(DataConfig(generate={"name": "shapes", "out": str(data), "seed": 0, "n_train": 3000, "n_eval": 300}))
+        generate_data(DataConfig(generate={"name": "shapes", "out": str(data), "seed": 0, "n_train": n_train,
+                                           "n_eval": n_eval}))
         if not (base / "config.json").is_file():
             save_tiny_llava(base, data / "tokenizer")
         records = read_records(str(data / "eval.jsonl"))

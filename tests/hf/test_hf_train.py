@@ -237,3 +237,10 @@ def test_killed_hf_vlm_run_resumes_to_the_same_weights(llava_dir, colour_data, t
     b = load_model(tmp_path / "b").hf.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_the_example_config_is_valid():
+    from pathlib import Path
+
+    config = load_run(Path(__file__).resolve().parents[2] / "examples" / "hf_vlm_lora.yaml")
+    assert config.model.vlm.name_or_path == "llava-hf/llava-1.5-7b-hf" and config.peft.r == 16
