@@ -89,6 +89,7 @@ SPECS: dict[str, dict[str, str]] = {
     "llama": dict(_LLAMA_LIKE),
     "qwen2": dict(_LLAMA_LIKE),
     "mistral": dict(_LLAMA_LIKE),
+    "qwen2_5_vl_text": dict(_LLAMA_LIKE),  # Qwen2.5-VL's decoder (edited inside the VLM: see vlm_spec)
 }
 
 

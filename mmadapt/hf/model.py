@@ -104,9 +104,12 @@ class HFVisionLM(nn.Module):
         return cls(hf, processor, config, family)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, is_trainable: bool = False) -> "HFVisionLM":
+    def from_pretrained(cls, directory: str | Path, is_trainable: bool = False,
+                        trust_remote_code: bool = False) -> "HFVisionLM":
+        from mmadapt.model import untrusted_yaml
+
         directory = Path(directory)
-        raw = yaml.safe_load((directory / MODEL_CONFIG_FILE).read_text())
+        raw = untrusted_yaml(directory / MODEL_CONFIG_FILE, trust_remote_code)  # the yaml never enables remote code
         config = from_dict(ModelConfig, raw, path=str(directory / MODEL_CONFIG_FILE))
         config.init_from = str(directory)
         model = cls.from_config(config, is_trainable=is_trainable)
@@ -123,9 +126,25 @@ class HFVisionLM(nn.Module):
         inner = name[len("hf."):] if name.startswith("hf.") else name
         return self.family.part_of(inner) or "llm"
 
+    def model_inputs(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        """The family's extra per-token inputs: models whose positions depend on where the images are (Qwen2.5-VL's
+        M-RoPE) read them from `mm_token_type_ids`, which the processor makes from the ids (as here)."""
+        media = dict(media or {})
+        if media and self._takes_token_types and "mm_token_type_ids" not in media:
+            types = self.processor.create_mm_token_type_ids(input_ids.tolist())
+            media["mm_token_type_ids"] = torch.tensor(types, dtype=torch.int, device=input_ids.device)
+        return media
+
+    @property
+    def _takes_token_types(self) -> bool:
+        import inspect
+
+        return "mm_token_type_ids" in inspect.signature(self._base().forward).parameters
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 media: dict[str, torch.Tensor] | None = None, labels: torch.Tensor | None = None, **kwargs: Any):
-        return self.hf(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **(media or {}), **kwargs)
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                       **self.model_inputs(input_ids, media), **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -133,7 +152,8 @@ class HFVisionLM(nn.Module):
         """New token ids only (prompts left-padded)."""
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         generate_kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
-        out = self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **(media or {}), **generate_kwargs)
+        out = self.hf.generate(input_ids=input_ids, attention_mask=attention_mask,
+                               **self.model_inputs(input_ids, media), **generate_kwargs)
         return out[:, input_ids.shape[1]:]
 
     def enable_gradient_checkpointing(self) -> None:
