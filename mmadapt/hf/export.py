@@ -18,19 +18,18 @@ logger = logging.getLogger(__name__)
 def export_hf(model_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write `model_dir` (any mmadapt checkpoint) as a plain Hugging Face model directory in `out`."""
     from mmadapt.factory import load_model
-    from mmadapt.io import atomic_directory
+    from mmadapt.io import atomic_directory, check_output_dir
     from mmadapt.lineage import write_manifest
 
     model_dir, out = Path(model_dir), Path(out)
     if out.resolve() == model_dir.resolve():
         raise ConfigError(f"--out {out}: must differ from --model")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out}: exists and is not empty; choose another directory or pass --overwrite")
+    check_output_dir(out, "export", overwrite)  # only an earlier export, with --overwrite, and nothing foreign in it
     model = load_model(model_dir)
     if not hasattr(model, "processor"):  # composed by mmadapt: map its parts onto LLaVA
         from mmadapt.hf.export_llava import export_llava
 
-        return export_llava(model, out)
+        return export_llava(model, out, inputs=[model_dir], overwrite=overwrite)
     from peft import PeftModel
 
     had_adapter = isinstance(model.hf, PeftModel)

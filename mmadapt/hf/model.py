@@ -278,12 +278,11 @@ def _has_processor(path: str | Path) -> bool:
 
 
 def _adapter_base(adapter: Path) -> str:
-    import json
+    from mmadapt.model import peft_adapter_base
 
-    base = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{adapter / ADAPTER_CONFIG}: no base_model_name_or_path; set model.vlm.name_or_path to "
-                          "the base model and model.vlm.adapter to this directory")
+    base = peft_adapter_base(adapter, "model.vlm")
+    if base is None:
+        raise ConfigError(f"{adapter}: not a peft adapter directory (no {ADAPTER_CONFIG})")
     return base
 
 
