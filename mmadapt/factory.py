@@ -14,7 +14,20 @@ MODEL_CONFIG_FILE = "mmadapt_model.yaml"
 
 
 def build_model(config: ModelConfig) -> Any:
-    """A fresh model for a run: `model.vlm` -> HFVisionLM, `model.llm` -> MultimodalLM."""
+    """A fresh model for a run: `model.vlm` -> HFVisionLM, `model.llm` -> MultimodalLM, `model.init_from` alone -> the
+    finished run's model as it was saved (adapters trainable, or merged with `model.merge_adapters`)."""
+    if config.llm is None and config.vlm is None:
+        from mmadapt.errors import MMAdaptError
+
+        try:
+            model = load_model(config.init_from, is_trainable=True)
+        except MMAdaptError as e:
+            raise ConfigError(f"model.init_from: {e}") from e
+        if config.merge_adapters:
+            from mmadapt.train.peft import merge_adapters
+
+            merge_adapters(model)
+        return model
     if config.vlm is not None:
         from mmadapt.hf.model import HFVisionLM
 

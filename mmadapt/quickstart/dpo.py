@@ -65,6 +65,22 @@ def write_pairs(data_dir: Path, out: Path, seed: int) -> None:
             (tmp / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 
 
+def generate_pairs(out_dir: str | Path, data: str | Path, seed: int = 0) -> None:
+    """The `shapes_pairs` dataset generator: preference pairs from a shapes dataset (`data`: its folder) into
+    `out_dir`/train.jsonl and eval.jsonl, image paths pointing into `data`."""
+    from mmadapt.data.records import read_records
+
+    data = Path(data).resolve()
+    if not (data / "train.jsonl").is_file():
+        raise ConfigError(f"data.generate.data: {data} holds no shapes dataset (train.jsonl); generate it first "
+                          "(data.generate: {name: shapes, out: ...})")
+    for split in ("train", "eval"):
+        pairs = preference_pairs(read_records(data / f"{split}.jsonl"), every_wrong=split == "train", seed=seed)
+        for pair in pairs:
+            pair["image"] = str(data / pair["image"])
+        (Path(out_dir) / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+
+
 def checkpoint_model_spec(checkpoint: Path) -> dict[str, Any]:
     """The model section that rebuilds `checkpoint` (its saved config) and records it as this run's parent."""
     from mmadapt.model import MODEL_CONFIG_FILE, resolve_checkpoint_refs
@@ -107,7 +123,7 @@ def run(out: Path, connector: str | None = None) -> dict[str, float]:
     eval_records = read_records(data_dir / "eval.jsonl")
     torch.manual_seed(config.seed)
     before, _ = exact_match(MultimodalLM.from_pretrained(sft), eval_records, data_dir, desc="SFT model accuracy")
-    summary = train(config)
+    summary = train(config, overwrite=True)  # a re-run replaces its own earlier outputs
     after, answers = exact_match(MultimodalLM.from_pretrained(out), eval_records, data_dir, desc="DPO model accuracy")
     metrics = {
         "preference_accuracy": summary["eval_preference_accuracy"],

@@ -61,3 +61,32 @@ def test_an_adapter_directory_with_a_new_peft_section_merges_then_trains_a_new_a
     train(text_run(tmp_path, adapter_dir, tmp_path / "stacked", peft={"r": 2, "alpha": 4, "dropout": 0.0}))
     saved = json.loads((tmp_path / "stacked" / "llm_adapter" / "adapter_config.json").read_text())
     assert saved["r"] == 2
+
+
+def test_init_from_alone_continues_or_merges_a_finished_runs_adapters(tmp_path, adapter_dir):
+    from mmadapt.train.run import train
+
+    train(text_run(tmp_path, adapter_dir, tmp_path / "first"))
+    follow = text_run(tmp_path, adapter_dir, tmp_path / "continued")
+    raw = {"seed": 0, "output_dir": str(tmp_path / "continued"), "model": {"init_from": str(tmp_path / "first")},
+           "data": {"train": str(tmp_path / "text.jsonl"), "format": "text"},
+           "training": {"max_steps": 2, "batch_size": 4, "lr": 0.01, "warmup_ratio": 0.0, "train_modules": ["llm"]}}
+    train(load_run(raw))
+    assert json.loads((tmp_path / "continued" / "llm_adapter" / "adapter_config.json").read_text())["r"] == 4
+    merged = {**raw, "output_dir": str(tmp_path / "merged"), "model": {"init_from": str(tmp_path / "first"),
+                                                                         "merge_adapters": True}}
+    train(load_run(merged))
+    assert not (tmp_path / "merged" / "llm_adapter").exists()  # folded into merged/llm
+    assert follow.model.llm is not None
+
+
+def test_init_from_alone_refuses_a_second_model_description(tmp_path):
+    from mmadapt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="init_from alone brings"):
+        load_run({"model": {"init_from": str(tmp_path), "encoders": {"image": {"name": "timm"}},
+                            "connectors": {"image": {"name": "mlp"}}}})
+    with pytest.raises(ConfigError, match="model.init_from: .*not an mmadapt checkpoint"):
+        from mmadapt.factory import build_model
+
+        build_model(load_run({"model": {"init_from": str(tmp_path)}}).model)
