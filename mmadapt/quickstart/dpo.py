@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from mmadapt.errors import ConfigError
 
@@ -81,15 +80,6 @@ def generate_pairs(out_dir: str | Path, data: str | Path, seed: int = 0) -> None
         (Path(out_dir) / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 
 
-def checkpoint_model_spec(checkpoint: Path) -> dict[str, Any]:
-    """The model section that rebuilds `checkpoint` (its saved config) and records it as this run's parent."""
-    from mmadapt.model import MODEL_CONFIG_FILE, resolve_checkpoint_refs
-
-    spec = resolve_checkpoint_refs(yaml.safe_load((checkpoint / MODEL_CONFIG_FILE).read_text()), checkpoint)
-    spec["init_from"] = str(checkpoint)  # lineage: the DPO manifest embeds the SFT chain
-    return spec
-
-
 def run(out: Path, connector: str | None = None) -> dict[str, float]:
     import torch
 
@@ -115,7 +105,7 @@ def run(out: Path, connector: str | None = None) -> dict[str, float]:
     data_dir = vlm_dir / "data"
     raw = packaged_config("dpo")
     write_pairs(data_dir, out / "pairs", seed=raw.get("seed", 0))
-    raw["model"] = checkpoint_model_spec(sft)
+    raw["model"] = {"init_from": str(sft)}  # the SFT run as it was saved (and its lineage, embedded)
     raw["data"].update(train=str(out / "pairs" / "train.jsonl"), eval=str(out / "pairs" / "eval.jsonl"),
                        media_root=str(data_dir))
     config = load_run(raw, [f"output_dir={out}"])
