@@ -57,7 +57,7 @@ def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_c
     from mmadapt.config import VLMConfig
     from mmadapt.hf.model import HFVisionLM
 
-    if not (Path(directory) / MODEL_CONFIG_FILE).is_file() and _is_hf_vlm(Path(directory)):
+    if not (Path(directory) / MODEL_CONFIG_FILE).is_file() and is_hf_vlm_dir(Path(directory)):
         return HFVisionLM.from_config(ModelConfig(vlm=VLMConfig(name_or_path=str(directory))), is_trainable=is_trainable)
     if checkpoint_kind(directory) == "vlm":
         return HFVisionLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
@@ -67,7 +67,7 @@ def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_c
     return MultimodalLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
 
 
-def _is_hf_vlm(directory: Path) -> bool:
+def is_hf_vlm_dir(directory: Path) -> bool:
     import json
 
     from mmadapt.hf.families import FAMILIES

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.config import DataConfig
-from mmadapt.data.conversations import DataStats, media_list, resolve_media
+from mmadapt.data.conversations import DataStats
 from mmadapt.data.preference import PreferenceTokenizer, prompt_messages
 from mmadapt.errors import DataError
-from mmadapt.hf.processing import (IMAGE_MARKER, add_special_tokens_for, load_image, process_images,
+from mmadapt.hf.processing import (add_special_tokens_for, load_image, process_images, record_images,
                                    to_hf_messages)
 
 
@@ -39,15 +39,7 @@ class ProcessedPreferenceTokenizer(PreferenceTokenizer):
 
     def prompt(self, where: str, record: dict[str, Any]) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
         messages = prompt_messages(record.get("prompt"), where)
-        for modality in ("audio", "video"):
-            if record.get(modality) is not None:
-                raise DataError(f"{where}: has {modality}, but this vision-language model takes images only")
-        items = media_list(record, "image", where)
-        n_markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
-        if n_markers != len(items):
-            raise DataError(f"{where}: {n_markers} {IMAGE_MARKER} placeholder(s) in the prompt but {len(items)} "
-                            f"image(s); put one {IMAGE_MARKER} where each image goes")
-        paths = [resolve_media(item, self.root, where, "image") for item in items]
+        paths = record_images(record, messages, self.root, where)
         text = self.render(messages, add_generation_prompt=True)
         add_special = add_special_tokens_for(self.tokenizer, text)
         if paths:

@@ -127,6 +127,19 @@ def align_labels(plain_ids: list[int], labels: list[int], expanded: list[int], i
     return out
 
 
+def record_images(record: dict[str, Any], messages: list[dict[str, str]], root: Path, where: str) -> list[Path]:
+    """A record's image files, checked: one per <image> marker in `messages`, present on disk; no audio or video."""
+    for modality in ("audio", "video"):
+        if record.get(modality) is not None:
+            raise DataError(f"{where}: has {modality}, but this vision-language model takes images only")
+    items = media_list(record, "image", where)
+    n_markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
+    if n_markers != len(items):
+        raise DataError(f"{where}: {n_markers} {IMAGE_MARKER} placeholder(s) in the text but {len(items)} image(s); "
+                        f"put one {IMAGE_MARKER} where each image goes")
+    return [resolve_media(item, root, where, "image") for item in items]
+
+
 class ProcessedExampleBuilder:
     """Raw conversation records -> Examples for one HF processor (same checks as ExampleBuilder)."""
 
@@ -153,15 +166,7 @@ class ProcessedExampleBuilder:
         if not isinstance(turns, list) or not turns:
             raise DataError(f"{where}: missing 'conversations' (a list of {{from, value}} turns)")
         messages = to_messages(turns, where)
-        for modality in ("audio", "video"):
-            if record.get(modality) is not None:
-                raise DataError(f"{where}: has {modality}, but this vision-language model takes images only")
-        items = media_list(record, "image", where)
-        n_markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
-        if n_markers != len(items):
-            raise DataError(f"{where}: {n_markers} {IMAGE_MARKER} placeholder(s) in the text but {len(items)} image(s); "
-                            f"put one {IMAGE_MARKER} where each image goes")
-        paths = [resolve_media(item, self.root, where, "image") for item in items]
+        paths = record_images(record, messages, self.root, where)
         images = [load_image(p, where) for p in paths]
         input_ids, labels = self.encode(messages, images, where)
         example = Example(where, input_ids, labels, {"image": paths} if paths else {})

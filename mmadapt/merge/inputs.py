@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from mmadapt import lineage
+from mmadapt.factory import checkpoint_kind
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 from mmadapt.merge.lora import ADAPTER_CONFIG, AdaptedSource, Adapter
@@ -57,7 +58,9 @@ def open_input(path: str, label: str) -> ModelInput:
     label = f"{label} ({path})"
     if not directory.is_dir():
         raise ConfigError(f"{label}: no such directory (merges read local directories; download hub models first)")
-    if (directory / MODEL_CONFIG_FILE).is_file() and not _is_hf_vlm_checkpoint(directory):
+    # an HF vision-language model trained by mmadapt is saved in its family's own layout (config.json, or a peft
+    # adapter), not as llm/ + multimodal.safetensors: it merges as the HF model or adapter it is
+    if (directory / MODEL_CONFIG_FILE).is_file() and checkpoint_kind(directory) != "vlm":
         adapter = directory / ADAPTER_DIR
         return ModelInput(label, directory, "multimodal", llm_dir=directory / LLM_DIR,
                           adapter_dir=adapter if adapter.is_dir() else None)
@@ -67,15 +70,6 @@ def open_input(path: str, label: str) -> ModelInput:
         return ModelInput(label, directory, "hf", llm_dir=directory)
     raise ConfigError(f"{label}: not a model directory: expected {MODEL_CONFIG_FILE} (mmadapt checkpoint), "
                       f"config.json (Hugging Face model) or {ADAPTER_CONFIG} (peft LoRA adapter)")
-
-
-def _is_hf_vlm_checkpoint(directory: Path) -> bool:
-    """An HF vision-language model trained by mmadapt is saved in its family's own layout (config.json or a peft
-    adapter), not mmadapt's llm/ + multimodal.safetensors: it merges as the HF model or adapter it is."""
-    try:
-        return bool((yaml.safe_load((directory / MODEL_CONFIG_FILE).read_text()) or {}).get("vlm"))
-    except (OSError, yaml.YAMLError, AttributeError):
-        return False
 
 
 def llm_source(inp: ModelInput, base: ModelInput | None) -> Source:
@@ -254,3 +248,45 @@ def float_names(info: dict[str, TensorInfo]) -> tuple[list[str], list[str]]:
     """(floating-point tensors, the rest: integer/bool buffers, which are copied, not merged)."""
     floats = [n for n, i in info.items() if i.dtype.is_floating_point]
     return floats, [n for n in info if n not in set(floats)]
+
+
+def put_base_first(config: Any, method: Any) -> None:
+    """For a method whose t = 0 end is base_model (SLERP, as in mergekit): rewrite `config` in place to
+    `models: [base_model, the other]` with no separate base, so the streamed run interpolates from the base.
+
+    mergekit configs list the base among `models` too; either form is accepted. Idempotent."""
+    if not method.base_is_start or config.base_model is None:
+        return
+    base = config.base_model
+    if _parts_need_base(config.parts):
+        # base_model is there for the parts' task-vector methods; slerp keeps models[0] -> models[1]
+        logger.warning("base_model %s serves the parts that need a base; %s interpolates models[0] (t = 0) to "
+                       "models[1] (t = 1)", base, method.name)
+        return
+
+    def same(path: str) -> bool:
+        return path == base or Path(path).resolve() == Path(base).resolve()
+
+    others = [spec for spec in config.models if not same(spec.model)]
+    if method.num_models is not None and len(others) != method.num_models - 1:
+        listed = ", ".join(spec.model for spec in config.models)
+        raise ConfigError(f"models: {method.name} interpolates from base_model ({base}) to exactly "
+                          f"{method.num_models - 1} other model(s); models lists {listed or 'none'} besides it")
+    first = replace(config.models[0], model=base, parameters={})
+    config.models = [first, *others]
+    config.base_model = None
+
+
+def _parts_need_base(parts: list[dict[str, Any]]) -> bool:
+    from mmadapt import registry
+
+    for part in parts or []:
+        name = part.get("method") if isinstance(part, dict) else None
+        if not isinstance(name, str) or name == "keep":
+            continue
+        try:
+            if registry.resolve("merge_method", name, where="parts").needs_base:
+                return True
+        except ConfigError:
+            continue  # policies.check_parts reports the bad name with its position
+    return False

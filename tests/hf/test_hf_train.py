@@ -196,23 +196,6 @@ def test_preference_prompt_ids_are_the_processors(llava_dir, preference_data):
     assert model.tokenizer.decode(examples[0].chosen_ids).split() == ["red", "<|im_end|>"]
 
 
-def _killed_run(raw, kill_at):
-    import os
-    import signal
-
-    from transformers import TrainerCallback
-
-    from mmadapt.train.run import train
-
-    class Kill(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    torch.set_num_threads(1)
-    train(load_run(raw), callbacks=[Kill()])
-
-
 @pytest.mark.parametrize("lora", [False, True])
 def test_killed_hf_vlm_run_resumes_to_the_same_weights(llava_dir, colour_data, tmp_path, lora):
     import multiprocessing as mp
@@ -220,6 +203,7 @@ def test_killed_hf_vlm_run_resumes_to_the_same_weights(llava_dir, colour_data, t
 
     from mmadapt.factory import load_model
     from mmadapt.train.run import train
+    from tests.core.test_train import _killed_run
 
     def config(out):
         raw = run_config(llava_dir, colour_data, out, max_steps=6, save_steps=2, train_modules=["connectors", "llm"])
