@@ -22,6 +22,10 @@ from mmadapt.errors import DataError
 METRICS = ("efficacy", "paraphrase", "neighborhood", "fluency")
 
 
+class WeakEditError(RuntimeError):
+    """Some edits did not take (see `edit_outcomes`); the CLI exits 1 unless --allow-weak."""
+
+
 def ngram_entropy(words: list[str], ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
     """Mean over n of weight_n * entropy (bits) of the n-gram distribution of `words`."""
     values = []
@@ -91,6 +95,44 @@ def evaluate(model: nn.Module, tok, requests: list[EditRequest], batch_size: int
         if values:
             metrics[key] = sum(values) / len(values)
     return metrics, per_request
+
+
+def edit_outcomes(before: list[dict[str, float]], after: list[dict[str, float]],
+                  min_gain: float = 0.5) -> list[dict[str, float | str]]:
+    """Per request (rows of `evaluate` before and after an edit): whether the edit took.
+
+    "failed": the new target's mean log-probability rose by less than `min_gain` nats (the edit did
+    not move it); "weak": it moved but the old answer is still more probable; "ok" otherwise.
+    """
+    outcomes: list[dict[str, float | str]] = []
+    for b, a in zip(before, after, strict=True):
+        gain = a["target_new_logprob"] - b["target_new_logprob"]
+        status = "failed" if gain < min_gain else "weak" if a["efficacy"] < 1.0 else "ok"
+        outcomes.append({"status": status, "logprob_gain": gain, "target_new_logprob_before": b["target_new_logprob"],
+                         "target_new_logprob_after": a["target_new_logprob"]})
+    return outcomes
+
+
+def describe_weak(requests: list[EditRequest], outcomes: list[dict[str, float | str]], layers: list[int],
+                  layer_choice: dict | None = None) -> str:
+    """A message naming every edit that did not take, with its numbers and what to try."""
+    lines = [f"{sum(o['status'] != 'ok' for o in outcomes)} of {len(outcomes)} edit(s) did not take:"]
+    for request, o in zip(requests, outcomes):
+        if o["status"] != "ok":
+            lines.append(f"  {request.where}: {request.subject!r} -> {request.target_new!r}: {o['status']}, mean target "
+                         f"log-prob {o['target_new_logprob_before']:.3f} -> {o['target_new_logprob_after']:.3f}"
+                         + ("" if o["status"] == "failed" else f" (still below {request.target_true!r})"))
+    source = (layer_choice or {}).get("source", "hparams")
+    effects = (layer_choice or {}).get("trace_effects")
+    lines.append(f"edited layer(s) {layers}, chosen by {source}"
+                 + (f" (causal-trace effects per layer: {', '.join(f'{e:.3f}' for e in effects)})" if effects else ""))
+    if any(o["status"] == "failed" for o in outcomes):
+        lines.append("A target that does not move: a model that does not recall the old fact from the subject (e.g. an "
+                     "LLM never trained: training.train_modules without 'llm') gives an edit nothing to rewrite.")
+    lines.append("Try other layers (--set layer=N for ROME / FT-L, --set 'layers=[...]' for MEMIT; `mmadapt edit trace` "
+                 "shows where the fact lives), more v_steps, a larger clamp_norm_factor or (MEMIT) a smaller "
+                 "mom2_update_weight; or pass --allow-weak to keep the edit (its record then says status: weak).")
+    return "\n".join(lines)
 
 
 def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = (*METRICS, "seconds_per_edit")) -> str:

@@ -20,6 +20,7 @@ from mmadapt.editing.common import EditResult, MomentHParams, accumulate, add_de
 from mmadapt.editing.requests import EditRequest, check_batch
 from mmadapt.editing.spec import check_layers, default_memit_layers, spec_for
 from mmadapt.editing.stats import StatsCache
+from mmadapt.editing.trace import traced_edit_layer
 from mmadapt.editing.value import compute_keys, module_io_at_subject, optimise_values
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MemitHParams(MomentHParams):
-    layers: list[int] | None = None  # default: spec.default_memit_layers
+    # default: the layers up to the one causal tracing finds, as many as spec.default_memit_layers picks
+    # (spec.default_memit_layers itself when tracing finds none)
+    layers: list[int] | None = None
     mom2_update_weight: float = 1e4  # λ: how strongly other keys' outputs are preserved
 
     def __post_init__(self) -> None:
@@ -58,7 +61,12 @@ def apply_memit(model: nn.Module, tok, requests: list[EditRequest], hparams: Mem
     hp = hparams or MemitHParams()
     check_batch(requests)
     spec = spec_for(model, hp.spec)
-    layers = check_layers(model, hp.layers if hp.layers is not None else default_memit_layers(model), "layers")
+    chosen, located = hp.layers, {"source": "hparams"}
+    if chosen is None:  # MEMIT spreads the update over the critical layer and those just before it
+        default = default_memit_layers(model)
+        top, located = traced_edit_layer(model, tok, requests, spec, fallback=default[-1])
+        chosen = default if located["source"] == "default" else list(range(max(0, top - len(default) + 1), top + 1))
+    layers = check_layers(model, chosen, "layers")
     modules = [spec.rewrite_name(layer) for layer in layers]
     z_module = spec.layer_name(layers[-1])
     start = time.perf_counter()
@@ -93,7 +101,8 @@ def apply_memit(model: nn.Module, tok, requests: list[EditRequest], hparams: Mem
         "nll_after": sum(r["nll_after"] for r in infos) / len(requests),
         **{f"delta_norm.{name}": float(d.norm()) for name, d in deltas.items()},
     }
-    return EditResult(deltas, metrics, {"layers": layers, "targets": z.cpu(), "z_module": z_module, "prefixes": prefixes})
+    return EditResult(deltas, metrics, {"layers": layers, "layer_choice": located, "targets": z.cpu(), "z_module": z_module,
+                                        "prefixes": prefixes})
 
 
 apply_memit.hparams_class = MemitHParams  # type: ignore[attr-defined]  # the CLI validates --hparams against it

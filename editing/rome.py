@@ -24,6 +24,7 @@ from mmadapt.editing.common import EditResult, MomentHParams, accumulate, add_de
 from mmadapt.editing.requests import EditRequest, check_batch
 from mmadapt.editing.spec import check_layers, default_rome_layer, spec_for
 from mmadapt.editing.stats import StatsCache
+from mmadapt.editing.trace import traced_edit_layer
 from mmadapt.editing.value import module_io_at_subject, optimise_values
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RomeHParams(MomentHParams):
-    layer: int | None = None  # default: spec.default_rome_layer (see `mmadapt edit trace` to locate one)
+    layer: int | None = None  # default: where causal tracing finds the facts (spec.default_rome_layer if it finds none)
 
 
 def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cov: torch.Tensor | None = None,
@@ -52,7 +53,10 @@ def apply_rome(model: nn.Module, tok, requests: list[EditRequest], hparams: Rome
     hp = hparams or RomeHParams()
     check_batch(requests)
     spec = spec_for(model, hp.spec)
-    layer = check_layers(model, [hp.layer if hp.layer is not None else default_rome_layer(model)], "layer")[0]
+    chosen, located = hp.layer, {"source": "hparams"}
+    if chosen is None:  # before statistics and prefixes: tracing must see the unedited model
+        chosen, located = traced_edit_layer(model, tok, requests, spec, fallback=default_rome_layer(model))
+    layer = check_layers(model, [chosen], "layer")[0]
     module, param_name = spec.rewrite_name(layer), spec.weight_name(layer)
     start = time.perf_counter()
     cov = None
@@ -88,8 +92,8 @@ def apply_rome(model: nn.Module, tok, requests: list[EditRequest], hparams: Rome
         "nll_after": sum(r["nll_after"] for r in per_request) / len(requests),
         **{f"delta_norm.{name}": float(d.norm()) for name, d in deltas.items()},
     }
-    return EditResult(deltas, metrics, {"layers": [layer], "keys": keys, "values": values, "module": module,
-                                        "prefixes": prefixes})
+    return EditResult(deltas, metrics, {"layers": [layer], "layer_choice": located, "keys": keys, "values": values,
+                                        "module": module, "prefixes": prefixes})
 
 
 apply_rome.hparams_class = RomeHParams  # type: ignore[attr-defined]  # the CLI validates --hparams against it

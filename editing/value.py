@@ -151,6 +151,9 @@ def _optimise_chunk(model: nn.Module, tok, module: str, requests: list[EditReque
             with torch.no_grad():  # the norm constraint (ROME's clamp_norm_factor), per request
                 norm = delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
                 delta.mul_(torch.clamp(max_norm.unsqueeze(1) / norm, max=1.0))
+        if active.any():  # the last step moved delta after its NLL was measured: report the NLL it ends with
+            with torch.no_grad(), Trace(model, module, retain_output=False, edit_output=shift):
+                nll = torch.where(active, request_nll(model(input_ids=ids, attention_mask=mask).logits), nll)
     delta = delta.detach()
     metrics = [{"nll_before": float(nll_before[i]), "nll_after": float(nll[i]), "steps": float(steps[i]),
                 "delta_norm": float(delta[i].norm()), "init_norm": float(init_norm[i])} for i in range(n)]

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mmadapt.errors import DataError
-from mmadapt.io import atomic_write_json
+from mmadapt.io import atomic_write_json, contained_path
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -74,10 +74,7 @@ class TensorSource:
         directory = Path(directory)
         index = directory / f"{basename}{INDEX_SUFFIX}"
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{label}: {index} is not a safetensors index (needs a 'weight_map'): {e}") from e
+            weight_map = read_index(index, label)
             files = sorted({directory / f for f in weight_map.values()})
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
@@ -106,6 +103,28 @@ class TensorSource:
             raise DataError(f"{self.label}: no tensor {name}")
         with safe_open(str(self.location[name]), framework="pt") as f:
             return f.get_tensor(name)
+
+
+def read_index(index: Path, label: str) -> dict[str, str]:
+    """The weight_map of a `*.safetensors.index.json`, every shard name checked to stay inside its folder
+    (an absolute or `../` name would otherwise be read from anywhere on the machine)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{label}: {index} is not a safetensors index (needs a 'weight_map'): {e}") from None
+    if not isinstance(weight_map, dict):
+        raise DataError(f"{label}: {index}: weight_map must map tensor names to shard file names")
+    for name, shard in weight_map.items():
+        contained_path(index.parent, shard, f"{index}: weight_map[{name!r}]", DataError)
+        if not str(shard).endswith(".safetensors"):
+            raise DataError(f"{label}: {index}: weight_map[{name!r}] = {shard!r} is not a .safetensors file")
+    return weight_map
+
+
+def check_index(directory: str | Path) -> None:
+    """Check the shard names of every safetensors index in `directory` (before a loader follows them)."""
+    for index in sorted(Path(directory).glob(f"*{INDEX_SUFFIX}")):
+        read_index(index, str(directory))
 
 
 def plan_shards(infos: list[TensorInfo], max_shard_bytes: int) -> list[list[TensorInfo]]:

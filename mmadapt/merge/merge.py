@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from mmadapt import registry
 from mmadapt.config import load, to_dict
 from mmadapt.errors import ConfigError
-from mmadapt.io import atomic_directory, atomic_write_json
+from mmadapt.io import atomic_write_json, check_output_dir, contained_path, output_directory
 from mmadapt.lineage import MANIFEST, WEIGHT_SUFFIXES, write_manifest
 from mmadapt.merge import inputs as inp
 from mmadapt.merge.lazy import INDEX_SUFFIX, ShardedWriter, TensorInfo
@@ -66,6 +66,7 @@ class MergeConfig:
     seed: int = 0  # DARE's random drops
     max_shard_size_mb: float = 5000.0
     check_base: bool = True  # models' lineage must contain base_model
+    parts: list[dict[str, Any]] = field(default_factory=list)  # per-part methods (policies.py): [{part|filter, method}]
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -79,7 +80,9 @@ class MergeConfig:
 
 
 def load_merge_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> MergeConfig:
-    config = load(MergeConfig, source, overrides)
+    from mmadapt.merge.mergekit_compat import translate
+
+    config = load(MergeConfig, translate(source), overrides)  # a mergekit YAML runs unchanged
     try:
         validate_config(config)
     except ConfigError as e:
@@ -90,21 +93,28 @@ def load_merge_config(source: str | Path | dict[str, Any], overrides: list[str] 
 def validate_config(config: MergeConfig) -> MergeMethod:
     """The method exists, gets the models, base and parameters it needs, and nothing it would ignore."""
     method: MergeMethod = registry.resolve("merge_method", config.method, where="method")
+    inp.put_base_first(config, method)  # slerp: base_model is the t = 0 end (mergekit's convention)
     if method.num_models is not None and len(config.models) != method.num_models:
         raise ConfigError(f"models: {method.name} merges exactly {method.num_models} models, got {len(config.models)}")
     if method.needs_base and config.base_model is None:
         raise ConfigError(f"base_model: {method.name} adds task vectors (model - base) to a base; set base_model "
                           f"to the model the others were fine-tuned from")
-    valid_global = method.global_params + method.model_params
+    from mmadapt.merge.policies import check_parts
+
+    used = [method] + [m for m in check_parts(config.parts, len(config.models), config.base_model is not None).values()
+                       if not isinstance(m, str)]  # parameters of any method a part uses are read
+    names = "/".join(dict.fromkeys(m.name for m in used))
+    model_params = [p for m in used for p in m.model_params]
+    valid_global = [p for m in used for p in m.global_params] + model_params
     for key, value in config.parameters.items():
         if key not in valid_global:
-            raise ConfigError(f"parameters.{key}: not a {method.name} parameter; valid: {', '.join(valid_global) or 'none'}")
+            raise ConfigError(f"parameters.{key}: not a {names} parameter; valid: {', '.join(dict.fromkeys(valid_global)) or 'none'}")
         check_value(key, value, f"parameters.{key}")
     for i, spec in enumerate(config.models):
         for key, value in spec.parameters.items():
-            if key not in method.model_params:
-                raise ConfigError(f"models[{i}].parameters.{key}: not a per-model {method.name} parameter; "
-                                  f"valid: {', '.join(method.model_params) or 'none'}")
+            if key not in model_params:
+                raise ConfigError(f"models[{i}].parameters.{key}: not a per-model {names} parameter; "
+                                  f"valid: {', '.join(dict.fromkeys(model_params)) or 'none'}")
             check_value(key, value, f"models[{i}].parameters.{key}")
     return method
 
@@ -136,6 +146,9 @@ def _merge_part(method: MergeMethod, config: MergeConfig, base: inp.Source | Non
     """Stream one weight set (LLM or multimodal) into `out_dir`; returns the number of tensors.
 
     Encoder tensors (identical in every model, checked) and `copy_only` parts are copied from `reference`."""
+    from mmadapt.merge.policies import KEEP, check_parts, method_for
+
+    policies = check_parts(config.parts, len(config.models), base is not None)
     resolver = ParamResolver([m.parameters for m in config.models], config.parameters, reference.info, config.seed)
     plan = [TensorInfo(name, _out_dtype(info, config), info.shape) for name, info in reference.info.items()]
     encoder_copy = basename == "multimodal"
@@ -144,9 +157,13 @@ def _merge_part(method: MergeMethod, config: MergeConfig, base: inp.Source | Non
             if copy_only or (encoder_copy and info.name.startswith(inp.ENCODER_PREFIX)):
                 writer.write(info.name, reference.get(info.name).to(info.dtype))
                 continue
-            base_tensor = base.get(info.name) if base is not None and method.needs_base else None
+            chosen = method_for(info.name, config.parts, policies, method)
+            if chosen == KEEP:
+                writer.write(info.name, reference.get(info.name).to(info.dtype))
+                continue
+            base_tensor = base.get(info.name) if base is not None and chosen.needs_base else None
             tensors = [m.get(info.name) for m in models]
-            writer.write(info.name, merge_tensor(method, base_tensor, tensors, resolver(info.name), info.dtype))
+            writer.write(info.name, merge_tensor(chosen, base_tensor, tensors, resolver(info.name), info.dtype))
             del base_tensor, tensors
     return len(plan)
 
@@ -235,16 +252,20 @@ def _copy_checkpoint_files(reference: inp.ModelInput, dst: Path) -> None:
 
     walk(yaml.safe_load((reference.path / inp.MODEL_CONFIG_FILE).read_text()))
     for rel in sorted(set(refs)):
-        top = rel.split("/")[0]
+        contained_path(reference.path, rel, f"{reference.path / inp.MODEL_CONFIG_FILE}: @checkpoint/ reference")
+        top = Path(rel).parts[0]
         src, target = reference.path / top, dst / top
         if top == inp.LLM_DIR or target.exists() or not src.exists():
             continue
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, target)
 
 
-def run_merge(config: MergeConfig, out: str | Path) -> dict[str, float]:
-    """Check everything, then merge into `out` (atomically, with manifest.json). Returns a summary."""
+def run_merge(config: MergeConfig, out: str | Path, overwrite: bool = False) -> dict[str, float]:
+    """Check everything, then merge into `out` (atomically, with manifest.json). Returns a summary.
+
+    An existing `out` is replaced only if it is an earlier merge output and `overwrite` is set."""
     start = time.perf_counter()
+    check_output_dir(out, "merge", overwrite)
     method = validate_config(config)
     base = inp.open_input(config.base_model, "base_model") if config.base_model else None
     models = [inp.open_input(spec.model, f"models[{i}]") for i, spec in enumerate(config.models)]
@@ -254,14 +275,14 @@ def run_merge(config: MergeConfig, out: str | Path) -> dict[str, float]:
     if method.needs_base and config.check_base and base is not None:
         inp.check_lineage(base, models)
     run = _combine_adapters if config.output == "adapter" else _merge_models
-    summary = run(method, config, base, models, Path(out))
+    summary = run(method, config, base, models, Path(out), overwrite)
     summary["seconds"] = time.perf_counter() - start
     logger.info("merged %d model(s) with %s into %s in %.1f s", len(models), method.name, out, summary["seconds"])
     return summary
 
 
 def _combine_adapters(method: MergeMethod, config: MergeConfig, base: inp.ModelInput | None,
-                      models: list[inp.ModelInput], out: Path) -> dict[str, float]:
+                      models: list[inp.ModelInput], out: Path, overwrite: bool = False) -> dict[str, float]:
     from mmadapt.merge.lora import Adapter
 
     adapters = [Adapter(m.adapter_dir, m.label) for m in models]
@@ -269,7 +290,7 @@ def _combine_adapters(method: MergeMethod, config: MergeConfig, base: inp.ModelI
     for a in adapters if base_src is not None else []:
         a.check_base(base_src.info, base.label)
     _check_combinable(adapters, base_src)
-    with atomic_directory(out) as tmp:
+    with output_directory(out, "merge", overwrite) as tmp:
         modules, rank = _merge_adapters(method, config, adapters, tmp)
         _finish(tmp, out, config, method, base, models)
     return {"modules": float(modules), "rank": float(rank)}
@@ -302,7 +323,7 @@ def _multimodal_sources(base: inp.ModelInput | None, models: list[inp.ModelInput
 
 
 def _merge_models(method: MergeMethod, config: MergeConfig, base: inp.ModelInput | None,
-                  models: list[inp.ModelInput], out: Path) -> dict[str, float]:
+                  models: list[inp.ModelInput], out: Path, overwrite: bool = False) -> dict[str, float]:
     """Full models out: HF directories, or mmadapt checkpoints (an adapter merge keeps its base's layout)."""
     kind = models[0].kind
     reference = base if base is not None else models[0]
@@ -317,7 +338,7 @@ def _merge_models(method: MergeMethod, config: MergeConfig, base: inp.ModelInput
     inp.check_tokenizers(files_from, [m for m in models if m is not files_from])
     mm = _multimodal_sources(base, models, reference, kind)
     summary: dict[str, float] = {}
-    with atomic_directory(out) as tmp:
+    with output_directory(out, "merge", overwrite) as tmp:
         checkpoint = files_from.kind == "multimodal"
         llm_out = tmp / inp.LLM_DIR if checkpoint else tmp
         _copy_support_files(files_from.llm_dir, llm_out, config.dtype)
@@ -342,7 +363,7 @@ def _finish(tmp: Path, out: Path, config: MergeConfig, method: MergeMethod, base
 
 def _cli(args: argparse.Namespace) -> int:
     config = load_merge_config(args.config, args.set)
-    summary = run_merge(config, args.out)
+    summary = run_merge(config, args.out, overwrite=args.overwrite)
     print(f"merged {len(config.models)} model(s) with {config.method} into {args.out}")
     for key, value in summary.items():
         print(f"  {key:<20} {value:g}")
@@ -352,7 +373,8 @@ def _cli(args: argparse.Namespace) -> int:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="merge models, mmadapt checkpoints or LoRA adapters (linear, task arithmetic, "
                                      "TIES, DARE, SLERP), streamed tensor by tensor")
-    p.add_argument("config", help="merge YAML: method, models, base_model, parameters, dtype")
+    p.add_argument("config", help="merge YAML: method, models, base_model, parameters, dtype (or a mergekit YAML)")
     p.add_argument("--out", required=True, help="output directory (written atomically, with manifest.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier merge output")
     p.set_defaults(func=_cli)

@@ -1,11 +1,15 @@
 """Merge methods as pure functions on one tensor name at a time: `method(base, tensors, params) -> Tensor`.
 
 Task arithmetic, TIES and DARE are one parameterised implementation (`task_vector_merge`): task
-vectors `delta_i = model_i - base` are optionally sparsified (TIES: keep the top `density` fraction
-by magnitude; DARE: keep each entry with probability `density` and rescale by 1/density), weighted,
-optionally sign-elected (TIES: keep only entries agreeing with the sign of the weighted sum, then
-take their mean), summed and scaled by lambda (`scaling`). Linear (a weighted model soup) and SLERP
-(spherical interpolation of two models) are separate small functions.
+vectors `delta_i = model_i - base` are optionally sparsified (TIES: keep the `int(density * n)`
+entries of largest magnitude; DARE: keep each entry with probability `density`; with `rescale`, the
+survivors are scaled back to the delta's L1 norm), weighted, optionally sign-elected (TIES: keep only
+entries agreeing with the sign of the weighted sum, then take their mean), summed and scaled by
+lambda (`scaling`). Linear (a weighted model soup) and SLERP (spherical interpolation of two models)
+are separate small functions.
+
+The formulas, defaults and edge cases are mergekit 0.1.5's (`merge_methods/generalized_task_arithmetic.py`,
+`sparsify.py`, `slerp.py`, `linear.py`); tests/merge/test_mergekit_equality.py compares the outputs.
 
 Every registered name is a `MergeMethod`: the function plus what the run must check before any
 work (does it need a base model, how many models, which parameters it reads).
@@ -35,7 +39,7 @@ class MergeParams:
     scaling: float = 1.0  # lambda: how much of the merged task vector is added to the base
     normalize: bool | None = None  # divide by the (agreeing) weights' sum
     rescale: bool | None = None  # multiply kept entries by 1/density after sparsification
-    t: float = 0.5  # SLERP: 0 -> tensors[0], 1 -> tensors[1]
+    t: float = 0.5  # SLERP: 0 -> the start (base_model, or tensors[0] without one), 1 -> the other end
     seed: int = 0  # DARE's random masks (the run derives one per tensor name)
 
 
@@ -59,20 +63,26 @@ def _weights_like(weights: Sequence[float], like: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Boolean mask keeping the `density` fraction of entries with the largest |delta| (TIES trim).
+    """Boolean mask keeping exactly k = max(1, int(density * n)) entries of largest |delta| (TIES trim).
 
-    Entries tied with the k-th largest magnitude are all kept (kthvalue needs no index buffer,
-    unlike topk, which matters for embedding matrices of hundreds of millions of entries).
+    k is mergekit's (floor, at least one entry while density > 0). Entries tied with the k-th largest
+    magnitude are kept in index order until k are kept; kthvalue needs no n-sized index buffer, unlike
+    argsort/topk, which matters for embedding matrices of hundreds of millions of entries.
     """
     n = delta.numel()
-    k = int(round(density * n))
-    if k >= n:
+    if density >= 1.0:
         return torch.ones_like(delta, dtype=torch.bool)
-    if k <= 0:
+    if density <= 0.0 or n == 0:
         return torch.zeros_like(delta, dtype=torch.bool)
-    magnitude = delta.abs()
-    threshold = magnitude.flatten().kthvalue(n - k + 1).values
-    return magnitude >= threshold
+    k = max(1, int(density * n))
+    magnitude = delta.abs().float().flatten()  # mergekit ranks float32 magnitudes
+    threshold = magnitude.kthvalue(n - k + 1).values
+    mask = magnitude > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:  # fill up from the entries equal to the threshold (usually one)
+        ties = torch.nonzero(magnitude == threshold).flatten()[:missing]
+        mask[ties] = True
+    return mask.view(delta.shape)
 
 
 def random_mask(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
@@ -83,13 +93,21 @@ def random_mask(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
     return torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
 
 
-def sparsify(delta: torch.Tensor, density: float, how: Sparsify, rescale: bool, seed: int = 0) -> torch.Tensor:
-    """Zero all but a `density` fraction of a task vector; with `rescale`, divide the survivors by density."""
+def sparsify(delta: torch.Tensor, density: float, how: Sparsify, rescale: bool, seed: int = 0,
+             eps: float = 1e-7) -> torch.Tensor:
+    """Zero all but a `density` fraction of a task vector.
+
+    With `rescale`, the survivors are multiplied by |delta|_1 / |kept|_1 (mergekit's `rescale_norm: l1`),
+    which is about 1/density for a random mask (DARE's rescale) and exact in the L1 norm.
+    """
     if how == "none" or density >= 1.0:
         return delta
     mask = magnitude_mask(delta, density) if how == "magnitude" else random_mask(delta, density, seed)
     kept = delta * mask
-    return kept / density if rescale and density > 0 else kept
+    if not rescale:
+        return kept
+    before, after = delta.abs().sum(), kept.abs().sum()
+    return kept if before < eps or after < eps else kept * (before / after)
 
 
 def sign_agreement(weighted: torch.Tensor) -> torch.Tensor:
@@ -128,12 +146,13 @@ def task_vector_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor]
         for i, w in enumerate(params.weights):
             divisor.add_(keep[i], alpha=w)
         del keep
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)  # mergekit's guards, both
     else:
         merged = weighted.sum(dim=0)
         divisor = weights.sum(dim=0).expand_as(merged)
+        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
     del weighted
     if normalize:
-        divisor = torch.where(divisor.abs() < 1e-12, torch.ones_like(divisor), divisor)
         merged = merged / divisor
     return base32 + params.scaling * merged
 
@@ -157,12 +176,14 @@ def linear_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], par
 
 
 def slerp_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], params: MergeParams,
-                eps: float = 1e-8) -> torch.Tensor:
+                eps: float = 1e-8, dot_threshold: float = 0.9995) -> torch.Tensor:
     """Spherical interpolation between tensors[0] (t=0) and tensors[1] (t=1), flattened to vectors.
 
+    The run puts base_model first when the config names one (mergekit's convention: t=0 is the base).
     The angle comes from the normalised vectors; the interpolation weights apply to the original
-    ones, so unit inputs give a unit output at angle t*theta from tensors[0]. (Anti)parallel or zero
-    vectors have no unique arc: linear interpolation.
+    ones, so unit inputs give a unit output at angle t*theta from tensors[0]. Nearly (anti)parallel
+    vectors (|cos| > 0.9995) have no stable arc: linear interpolation. A zero vector is normalised by 1,
+    as mergekit does (so it sits at a right angle to the other end).
     """
     if len(tensors) != 2:
         raise ValueError(f"slerp merges exactly two tensors, got {len(tensors)}")
@@ -171,10 +192,10 @@ def slerp_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], para
     a, b = tensors[0].to(dtype), tensors[1].to(dtype)
     t = params.t
     norm_a, norm_b = a.norm(), b.norm()
-    if norm_a < eps or norm_b < eps:
-        return (1 - t) * a + t * b
+    norm_a = norm_a if norm_a > eps else torch.ones_like(norm_a)
+    norm_b = norm_b if norm_b > eps else torch.ones_like(norm_b)
     dot = torch.clamp((a.flatten() / norm_a) @ (b.flatten() / norm_b), -1.0, 1.0)
-    if dot.abs() > 1 - 1e-6:
+    if dot.abs() > dot_threshold:
         return (1 - t) * a + t * b
     theta = torch.arccos(dot)
     sin_theta = torch.sin(theta)
@@ -194,7 +215,8 @@ class MergeMethod:
     needs_base: bool
     model_params: tuple[str, ...]  # read per model: weight, density
     global_params: tuple[str, ...]  # read once: scaling, normalize, rescale, t
-    num_models: int | None = None  # exact count (slerp: 2); None: one or more
+    num_models: int | None = None  # exact count, base_model included when base_is_start (slerp: 2); None: 1+
+    base_is_start: bool = False  # slerp: base_model, when set, is tensors[0] (the t=0 end), as in mergekit
 
     def __call__(self, base: torch.Tensor | None, tensors: Sequence[torch.Tensor], params: MergeParams) -> torch.Tensor:
         return self.merge(base, tensors, params)
@@ -219,7 +241,9 @@ dare_linear = MergeMethod(
 )
 dare_ties = MergeMethod(
     "dare_ties",
-    partial(task_vector_merge, how="random", consensus=True, default_normalize=True, default_rescale=True),
+    # mergekit's default: no normalisation (the agreeing deltas are summed, not averaged)
+    partial(task_vector_merge, how="random", consensus=True, default_normalize=False, default_rescale=True),
     needs_base=True, model_params=_TASK, global_params=("scaling", "normalize", "rescale"),
 )
-slerp = MergeMethod("slerp", slerp_merge, needs_base=False, model_params=(), global_params=("t",), num_models=2)
+slerp = MergeMethod("slerp", slerp_merge, needs_base=False, model_params=(), global_params=("t",), num_models=2,
+                    base_is_start=True)

@@ -3,11 +3,15 @@
 A parameter value in a merge config is one of
 - a scalar: `0.5` (every tensor);
 - a gradient: `[0.0, 0.5, 1.0]`, spread evenly over the layers of a numbered stack
-  (`model.layers.<i>.`) and interpolated linearly in between; tensors outside any stack
-  (embeddings, final norm) take the gradient's mean;
+  (`model.layers.<i>.`: layer i of n sits at i / (n - 1), a single layer at 1) and interpolated
+  linearly in between; tensors outside any stack (embeddings, final norm, lm_head) take its first
+  value;
 - a filter list: `[{filter: self_attn, value: 0.3}, {filter: mlp, value: [0.2, 0.8]}, {value: 0.5}]`,
   where the first entry whose `filter` is a substring of the tensor name decides and an entry
-  without `filter` is the fallback.
+  without `filter` (or with `filter: "*"`) is the fallback.
+
+These are mergekit 0.1.5's rules (`config.evaluate_setting`, `plan.py`), so a mergekit YAML's
+gradients resolve to the same value for every tensor.
 """
 
 from __future__ import annotations
@@ -82,14 +86,14 @@ def layer_position(name: str, stacks: dict[str, int]) -> float | None:
     if not match or match.group(1) not in stacks:
         return None
     count = stacks[match.group(1)]
-    return int(match.group(2)) / (count - 1) if count > 1 else 0.0
+    return int(match.group(2)) / (count - 1) if count > 1 else 1.0  # mergekit: a one-layer slice has t = 1
 
 
 def _gradient(values: list[float], position: float | None) -> float:
     if len(values) == 1:
         return float(values[0])
-    if position is None:
-        return float(sum(values) / len(values))
+    if position is None:  # mergekit plans embeddings and the final norm/lm_head with t = 0
+        return float(values[0])
     x = position * (len(values) - 1)
     lo = min(int(x), len(values) - 2)
     frac = x - lo
@@ -104,7 +108,7 @@ def resolve(value: Any, name: str, stacks: dict[str, int], default: Any = None) 
         return float(value)
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         for entry in value:
-            if "filter" not in entry or entry["filter"] in name:
+            if "filter" not in entry or entry["filter"] == "*" or entry["filter"] in name:
                 return resolve(entry["value"], name, stacks, default)
         return default
     if isinstance(value, list):

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from mmadapt.eval.metrics import accuracy as exact_accuracy
 from mmadapt.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def knowledge(model: torch.nn.Module, tok, world: dict[str, dict[str, str]]) -> 
     from mmadapt.editing.tokens import Encoded, pad, pad_id
 
     items = [(template.format(s), obj) for s, facts in world.items() for rel, obj in facts.items() for template in RELATIONS[rel][0]]
-    correct = 0
+    predictions = []
     for start in range(0, len(items), 256):
         chunk = items[start : start + 256]
         batch = [Encoded(tok(text)["input_ids"], -1, []) for text, _ in chunk]
@@ -105,8 +106,8 @@ def knowledge(model: torch.nn.Module, tok, world: dict[str, dict[str, str]]) -> 
         logits = model(input_ids=ids, attention_mask=mask).logits
         last = torch.tensor([len(e.input_ids) - 1 for e in batch])
         predicted = logits[torch.arange(len(batch)), last].argmax(-1).tolist()
-        correct += sum(tok.convert_ids_to_tokens(p) == obj for p, (_, obj) in zip(predicted, chunk))
-    return correct / len(items)
+        predictions += tok.convert_ids_to_tokens(predicted)
+    return exact_accuracy(predictions, [obj for _, obj in items], normalize=False)
 
 
 def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], seed: int, hidden: int = 128,
@@ -135,7 +136,7 @@ def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], se
                          "scheduler": "cosine", "train_modules": ["llm"], "logging_steps": 100, "precision": "fp32"},
             "objective": {"name": "sft"}, "seed": seed + round_, "output_dir": str(run_dir),
         })
-        train(config)
+        train(config, overwrite=True)  # a re-run replaces its own earlier outputs
         model = AutoModelForCausalLM.from_pretrained(run_dir / "llm", dtype=torch.float32)
         accuracy = knowledge(model.eval(), AutoTokenizer.from_pretrained(run_dir / "llm"), world)
         logger.info("round %d: the model knows %.1f%% of the facts", round_, 100 * accuracy)
@@ -227,10 +228,10 @@ def run(out: Path, connector: str | None = None, seed: int = 0) -> dict[str, flo
 
     batch_requests = parse_requests(edit_records(world, batch, rest, seed + 2), "memit requests")
     record = edit_checkpoint(base_dir, batch_requests, "memit", {**MEMIT, "stats": stats, "seed": seed},
-                             out / "edited-memit", stats_dir=out / "stats")
+                             out / "edited-memit", stats_dir=out / "stats", overwrite=True)
     memit = {f"memit_{k}": v for k, v in record["metrics"]["after"].items() if k != "n_requests"}
     memit_seconds = record["metrics"]["method"]["seconds"] - record["metrics"]["method"]["stats_seconds"]
-    revert(out / "edited-memit", out / "reverted")
+    revert(out / "edited-memit", out / "reverted", overwrite=True)
     revert_exact = float(hash_files(out / "reverted" / "llm") == hash_files(base_dir / "llm"))
 
     metrics = {

@@ -83,7 +83,7 @@ def plain_transformers_accuracy(model_dir: Path, records: list[tuple[str, dict[s
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mmadapt.generate import normalize_answer
+    from mmadapt.eval.metrics import answer_correct
 
     processor = AutoProcessor.from_pretrained(str(model_dir))
     processor.tokenizer.padding_side = "left"
@@ -103,8 +103,7 @@ def plain_transformers_accuracy(model_dir: Path, records: list[tuple[str, dict[s
             out = model.generate(**inputs, max_new_tokens=8, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id)
         answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += sum(normalize_answer(a) == normalize_answer(r["conversations"][1]["value"])
-                       for a, r in zip(answers, chunk))
+        correct += sum(answer_correct(a, r["conversations"][1]["value"]) for a, r in zip(answers, chunk))
     return correct / max(len(records), 1)
 
 

@@ -75,7 +75,7 @@ def _run(config: RunConfig, out: Path, title: str) -> dict[str, float]:
     del untrained
 
     start = time.perf_counter()
-    summary = train(config)
+    summary = train(config, overwrite=True)  # a re-run replaces its own earlier outputs
     wall = time.perf_counter() - start
     final_dir = Path(stage_configs(config)[-1][1].output_dir)
     model = MultimodalLM.from_pretrained(final_dir)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mmadapt.eval.metrics import accuracy as exact_accuracy
 from mmadapt.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def accuracy(model: torch.nn.Module, tokenizer: Any, facts: list[tuple[str, str]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]  # [N, V]
     predicted = tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
-    return sum(p == answer for p, (_, answer) in zip(predicted, facts)) / len(facts)
+    return exact_accuracy(predicted, [answer for _, answer in facts], normalize=False)
 
 
 def _train(out: Path, lines: list[str], tokenizer_dir: Path, init_from: Path | None, seed: int, epochs: float,
@@ -106,7 +107,7 @@ def _train(out: Path, lines: list[str], tokenizer_dir: Path, init_from: Path | N
                      "train_modules": ["llm"], "logging_steps": 50, "precision": "fp32", "weight_decay": 0.0},
         "objective": {"name": "sft"}, "seed": seed, "output_dir": str(out),
     })
-    train(config)
+    train(config, overwrite=True)  # a re-run replaces its own earlier outputs
     return out
 
 
@@ -175,7 +176,7 @@ def _run(out: Path, seed: int, start: float) -> dict[str, float]:
         if name == "slerp":
             config.pop("base_model")
         merged = out / f"merged_{name}"
-        merge_seconds[name] = run_merge(load_merge_config(config), merged)["seconds"]
+        merge_seconds[name] = run_merge(load_merge_config(config), merged, overwrite=True)["seconds"]
         rows[name] = evaluate(merged, tasks)
 
     metrics: dict[str, float] = {}

@@ -152,9 +152,9 @@ def run_config(out: Path, seed: int, epochs: float) -> dict[str, Any]:
 
 
 def accuracy(answers: list[Any], facts: list[Fact]) -> float:
-    from mmadapt.generate import normalize_answer
+    from mmadapt.eval.metrics import accuracy as answer_accuracy
 
-    return sum(normalize_answer(a.text) == f.obj for a, f in zip(answers, facts)) / max(len(facts), 1)
+    return answer_accuracy([a.text for a in answers], [f.obj for f in facts])
 
 
 def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int = 120, redraws: int = 300,
@@ -191,7 +191,7 @@ def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int 
     tokenizer.chat_template = TEMPLATE
     tokenizer.save_pretrained(str(data / "tokenizer"))
 
-    summary = train(load_run(run_config(out, seed, epochs)))
+    summary = train(load_run(run_config(out, seed, epochs)), overwrite=True)  # re-runs replace their own outputs
     model = MultimodalLM.from_pretrained(out / "model")
     pipeline = RAGPipeline(model, retriever, prompt=_prompt(), max_new_tokens=3)
     questions = [f.question for f in eval_facts]

@@ -26,6 +26,11 @@ class MMTrainer(Trainer):
     def __init__(self, *args: Any, objective: Objective, module_lr: dict[str, float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
+        # Every objective scores position t against label t+1 (objectives/base.py), so the token count that
+        # normalises the loss over an accumulation window is taken over labels[..., 1:]. transformers infers this
+        # only for models whose loss_type it knows as causal; for MultimodalLM it counted position 0 too, and a
+        # `format: text` loss came out (L-1)/L too small, gradients with it (issue 13, part 12).
+        self._loss_shifts_labels = True
         self.module_lr = dict(module_lr or {})
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 

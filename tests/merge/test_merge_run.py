@@ -34,6 +34,8 @@ def config_for(method, family, **extra):
     data = {"method": method, "base_model": str(family["base"]),
             "models": [{"model": str(family[n]), "parameters": p} for n, p in zip(names, case["models_params"])],
             "parameters": case.get("params", {}), "max_shard_size_mb": 0.02, **extra}
+    if method == "slerp":  # without base_model, models[0] is slerp's t = 0 end (with one, the base is)
+        del data["base_model"]
     return data
 
 
@@ -106,7 +108,8 @@ def test_cli_merges_and_reports_bad_configs_with_exit_code_2(family, tmp_path, c
 
 @pytest.mark.parametrize("change, message", [
     ({"method": "ties", "base_model": None}, "base_model: ties adds task vectors"),
-    ({"method": "slerp"}, "slerp merges exactly 2 models, got 3"),
+    ({"method": "slerp", "base_model": None}, "slerp merges exactly 2 models, got 3"),
+    ({"method": "slerp"}, "slerp interpolates from base_model .* to exactly 1 other model"),
     ({"parameters": {"t": 0.5}}, "parameters.t: not a task_arithmetic parameter; valid: scaling, normalize, weight"),
     ({"models": [{"model": "x", "parameters": {"density": 0.5}}]}, r"models\[0\].parameters.density: not a per-model"),
     ({"models": []}, "models: list at least one model"),

@@ -1,11 +1,17 @@
-"""DPO (sigmoid), conservative DPO (label smoothing) and IPO: losses on four log-prob tensors, and their objectives.
+"""DPO (sigmoid, hinge, robust), conservative DPO and IPO: losses on four log-prob tensors, and their objectives.
 
 DPO (Rafailov et al. 2023): with h = [log pi(y_w) - log ref(y_w)] - [log pi(y_l) - log ref(y_l)],
-    L = -log sigmoid(beta * h).
-Conservative DPO (cDPO, Mitchell 2023): labels flipped with probability eps,
+    sigmoid:  L = -log sigmoid(beta * h).
+Conservative DPO (cDPO, Mitchell 2023; `loss_type: sigmoid` with label_smoothing eps): labels flipped
+with probability eps,
     L = -(1 - eps) log sigmoid(beta * h) - eps log sigmoid(-beta * h).
-IPO (Azar et al. 2023, eq. 17): L = (h - 1 / (2 * tau))^2.
-The implicit rewards are beta * (log pi - log ref) of each completion.
+Robust DPO (rDPO, Chowdhury et al. 2024; `loss_type: robust`): an unbiased estimate of the clean loss,
+    L = [-(1 - eps) log sigmoid(beta * h) + eps log sigmoid(-beta * h)] / (1 - 2 eps).
+Hinge (SLiC, Zhao et al. 2023; `loss_type: hinge`): L = max(0, 1 - beta * h).
+IPO (Azar et al. 2023, eq. 17): L = (h' - 1 / (2 * tau))^2, h' with log-probs averaged over each
+completion's tokens by default, as TRL does (`length_normalize: false` sums them, as the paper's notation).
+The logged implicit rewards are beta (IPO: tau) * (log pi - log ref) of each completion, summed over its
+tokens: TRL's `rewards/chosen` and `rewards/rejected` (tests/train/test_trl_equality.py compares them).
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import torch.nn.functional as F
 from mmadapt.train.objectives.logprobs import Completions, pair_logps
 from mmadapt.train.objectives.reference import build_reference
 
+DPOLossType = Literal["sigmoid", "robust", "hinge"]
+DPO_LOSS_TYPES = ("sigmoid", "robust", "hinge")
+
 
 def dpo_loss(
     policy_chosen: torch.Tensor,
@@ -27,12 +36,22 @@ def dpo_loss(
     ref_rejected: torch.Tensor,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    loss_type: DPOLossType = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair DPO / cDPO losses and the chosen / rejected implicit rewards; every input is [B] summed log-probs."""
+    """Per-pair DPO / cDPO / rDPO / hinge losses and the chosen / rejected implicit rewards; inputs are [B] summed
+    log-probs. TRL's `loss_type` values of the same names give the same numbers."""
     chosen_ratio = policy_chosen - ref_chosen  # [B] log pi/ref of y_w
     rejected_ratio = policy_rejected - ref_rejected  # [B] log pi/ref of y_l
     logits = beta * (chosen_ratio - rejected_ratio)
-    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+    elif loss_type == "robust":
+        losses = (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - logits)
+    else:
+        raise ValueError(f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, got {loss_type!r}")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
@@ -42,11 +61,19 @@ def ipo_loss(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     tau: float = 0.1,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair IPO losses (h - 1/(2 tau))^2 and tau-scaled implicit rewards; inputs [B]."""
+    """Per-pair IPO losses (h - 1/(2 tau))^2 and the implicit rewards tau * summed log-ratio; inputs [B] summed log-probs.
+
+    With the completions' token counts, h compares token-mean log-ratios (TRL's IPO); without, summed ones."""
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
-    losses = (chosen_ratio - rejected_ratio - 1.0 / (2.0 * tau)) ** 2
+    h_chosen, h_rejected = chosen_ratio, rejected_ratio
+    if chosen_tokens is not None and rejected_tokens is not None:
+        h_chosen = chosen_ratio / chosen_tokens.clamp(min=1)
+        h_rejected = rejected_ratio / rejected_tokens.clamp(min=1)
+    losses = (h_chosen - h_rejected - 1.0 / (2.0 * tau)) ** 2
     return losses, tau * chosen_ratio.detach(), tau * rejected_ratio.detach()
 
 
@@ -75,15 +102,20 @@ ReferenceStrategy = Literal["auto", "copy", "adapters_off", "precomputed"]
 @dataclass
 class DPOConfig:
     beta: float = 0.1  # strength of the KL tie to the reference
-    label_smoothing: float = 0.0  # conservative DPO: probability that a preference label is flipped, in [0, 0.5)
+    label_smoothing: float = 0.0  # probability that a preference label is flipped, in [0, 0.5): cDPO or rDPO
+    loss_type: DPOLossType = "sigmoid"  # sigmoid (DPO; cDPO with label_smoothing) | robust (rDPO) | hinge (SLiC)
     reference: ReferenceStrategy = "auto"
     sft_weight: float = 0.0  # RPO (Pang et al. 2024): + weight * token-mean NLL of the chosen completion
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, got {self.loss_type!r}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.loss_type == "hinge" and self.label_smoothing:
+            raise ValueError("label_smoothing has no effect with loss_type hinge (as in TRL); use sigmoid or robust")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
 
@@ -92,7 +124,7 @@ class DPOConfig:
 class IPOConfig:
     tau: float = 0.1  # the margin target is 1 / (2 tau)
     reference: ReferenceStrategy = "auto"
-    length_normalize: bool = False  # compare token-mean log-probs instead of sums (the paper sums)
+    length_normalize: bool = True  # token-mean log-probs, as TRL (and the IPO authors' results); false: sums
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
@@ -130,7 +162,7 @@ class _ReferencedPairObjective:
 
 
 class DPOObjective(_ReferencedPairObjective):
-    """DPO with a sigmoid loss; label_smoothing > 0 gives conservative DPO."""
+    """DPO: sigmoid loss (label_smoothing > 0: conservative DPO), robust (rDPO) or hinge, chosen by `loss_type`."""
 
     config_class = DPOConfig
 
@@ -140,7 +172,8 @@ class DPOObjective(_ReferencedPairObjective):
         chosen, rejected = pair_logps(model, batch)
         ref_chosen, ref_rejected = self.reference_logps(model, batch)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta, self.config.label_smoothing
+            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta, self.config.label_smoothing,
+            self.config.loss_type,
         )
         loss = losses.mean()
         metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
@@ -161,10 +194,9 @@ class IPOObjective(_ReferencedPairObjective):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected = pair_logps(model, batch)
         ref_chosen, ref_rejected = self.reference_logps(model, batch)
-        policy = (chosen.logps, rejected.logps)
-        if self.config.length_normalize:  # same token counts for policy and reference
-            policy = (chosen.mean_logps, rejected.mean_logps)
-            ref_chosen = ref_chosen / chosen.tokens.clamp(min=1)
-            ref_rejected = ref_rejected / rejected.tokens.clamp(min=1)
-        losses, chosen_rewards, rejected_rewards = ipo_loss(*policy, ref_chosen, ref_rejected, self.config.tau)
+        # the same token counts normalise policy and reference; the logged rewards stay summed (as TRL's)
+        tokens = (chosen.tokens, rejected.tokens) if self.config.length_normalize else (None, None)
+        losses, chosen_rewards, rejected_rewards = ipo_loss(
+            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.tau, *tokens
+        )
         return losses.mean(), preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)

@@ -1,0 +1,30 @@
+"""The example files the CLI help and docs name exist and load into the configs they are for."""
+
+from pathlib import Path
+
+from mmadapt.config import from_dict, load, read_yaml
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_rag_build_example_is_the_one_the_help_names():
+    from mmadapt.rag.cli import add_cli
+    from mmadapt.rag.store import RagConfig
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    help_text = parser._subparsers._group_actions[0].choices["rag"]._subparsers._group_actions[0].choices["build"].format_help()
+    assert "examples/rag_build.yaml" in help_text
+    config = load(RagConfig, str(EXAMPLES / "rag_build.yaml"), [])
+    assert config == RagConfig()  # the example documents the defaults
+
+
+def test_edit_hparams_examples_load():
+    from mmadapt.editing.memit import MemitHParams
+    from mmadapt.editing.rome import RomeHParams
+
+    assert from_dict(RomeHParams, read_yaml(EXAMPLES / "edit_rome.yaml")).layer == 17
+    memit = from_dict(MemitHParams, read_yaml(EXAMPLES / "edit_memit.yaml"))
+    assert memit.layers is None and memit == MemitHParams(stats=memit.stats) and memit.stats.corpus == "corpus.txt"
