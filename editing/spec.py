@@ -89,7 +89,6 @@ SPECS: dict[str, dict[str, str]] = {
     "llama": dict(_LLAMA_LIKE),
     "qwen2": dict(_LLAMA_LIKE),
     "mistral": dict(_LLAMA_LIKE),
-    "qwen2_5_vl_text": dict(_LLAMA_LIKE),  # Qwen2.5-VL's decoder (edited inside the VLM: see vlm_spec)
 }
 
 
@@ -114,12 +113,16 @@ def get_spec(model_type: str, override: dict[str, Any] | None = None) -> ArchSpe
     return ArchSpec(model_type=model_type, **SPECS[model_type])
 
 
+# Decoders that exist only inside a vision-language model, and the causal-LM family whose module names they share.
+VLM_DECODERS = {"qwen2_5_vl_text": "qwen2"}
+
+
 def vlm_spec(vlm_type: str, text_type: str) -> ArchSpec:
     """The language model's spec inside an HF vision-language model: its decoder's templates, re-rooted at the
     family's language-model module (e.g. llava: "model.layers.{}" -> "model.language_model.layers.{}")."""
     from mmadapt.hf.families import FAMILIES
 
-    text = get_spec(text_type)
+    text = get_spec(VLM_DECODERS.get(text_type, text_type))
     root = FAMILIES[vlm_type].language_model + "."
     fields = {k: getattr(text, k) for k in ("layer", "mlp", "attn", "rewrite", "embed")}
     moved = {k: (root + v[len("model."):] if v.startswith("model.") else root + v) for k, v in fields.items()}
