@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mmadapt.errors import ConfigError, DataError
-from mmadapt.io import atomic_directory, atomic_write_json, sha256_file
+from mmadapt.io import atomic_write_json, check_output_dir, contained_path, output_directory, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,12 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
     """Recognise a checkpoint directory; errors say what was expected."""
     from mmadapt.model import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE
 
+    from mmadapt.factory import checkpoint_kind
+
     root = Path(directory)
-    if (root / MODEL_CONFIG_FILE).is_file():
+    if (root / MODEL_CONFIG_FILE).is_file() and checkpoint_kind(root) == "vlm":
+        ckpt = Checkpoint(root, root, "hf")  # an HF vision-language model, saved in its family's own layout
+    elif (root / MODEL_CONFIG_FILE).is_file():
         if (root / ADAPTER_DIR).is_dir():
             raise DataError(f"{root}: has LoRA adapters ({ADAPTER_DIR}/); merge them first: "
                             f"mmadapt export --model {root} --merge-adapters --out MERGED_DIR")
@@ -75,14 +79,33 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
 
 def load_llm(ckpt: Checkpoint) -> tuple[Any, Any]:
     """(model in float32, eval mode; tokenizer) of a checkpoint's LLM."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(ckpt.llm_dir, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(ckpt.llm_dir)
+    from mmadapt.merge.lazy import check_index
+
+    check_index(ckpt.llm_dir)  # shard names stay inside the checkpoint
+    try:  # an edited checkpoint is data: its config.json's auto_map never runs (no trust_remote_code)
+        # an HF vision-language model's language model is edited inside the whole model (text-only forward)
+        from mmadapt.factory import is_hf_vlm_dir
+
+        auto = AutoModelForImageTextToText if is_hf_vlm_dir(ckpt.llm_dir) else AutoModelForCausalLM
+        model = auto.from_pretrained(ckpt.llm_dir, dtype=torch.float32, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(ckpt.llm_dir, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{ckpt.llm_dir}: cannot load the model or its tokenizer: {e}") from e
     return model.eval(), tok
+
+
+def saved_keys(model: torch.nn.Module, names: list[str]) -> dict[str, str]:
+    """{parameter name: the key transformers saves it under} (VLM classes rename keys on save, e.g. llava's
+    model.language_model.* is stored as language_model.model.*)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    keys = {}
+    for name in names:
+        reverted = revert_weight_conversion(model, {name: model.get_parameter(name).detach()})
+        keys[name] = next(iter(reverted)) if len(reverted) == 1 else name
+    return keys
 
 
 def weights_id(llm_dir: Path) -> tuple[str, dict[str, str]]:
@@ -99,8 +122,9 @@ def read_header(path: Path) -> tuple[int, dict[str, Any]]:
     return 8 + size, header
 
 
-def locate(llm_dir: Path, names: list[str]) -> dict[str, tuple[str, str]]:
-    """{param name: (weight file name, tensor key)}; keys may lack the model's prefix (old GPT-2 files say "h.0...")."""
+def locate(llm_dir: Path, names: list[str], aliases: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """{param name: (weight file name, tensor key)}; keys may lack the model's prefix (old GPT-2 files say "h.0...")
+    or be stored under the name transformers saves them as (`aliases`)."""
     keys: dict[str, list[tuple[str, str]]] = {}
     for path in sorted(llm_dir.glob("*.safetensors")):
         for key in read_header(path)[1]:
@@ -108,7 +132,8 @@ def locate(llm_dir: Path, names: list[str]) -> dict[str, tuple[str, str]]:
                 keys.setdefault(key, []).append((path.name, key))
     found = {}
     for name in names:
-        matches = keys.get(name) or [m for key, ms in keys.items() if name.endswith("." + key) for m in ms]
+        matches = (keys.get(name) or keys.get((aliases or {}).get(name, name))
+                   or [m for key, ms in keys.items() if name.endswith("." + key) for m in ms])
         if len(matches) != 1:
             raise DataError(f"{llm_dir}: parameter {name} is in {len(matches)} weight entries (need exactly one) "
                             f"of {', '.join(p.name for p in llm_dir.glob('*.safetensors'))}")
@@ -153,7 +178,7 @@ def write_edited(ckpt: Checkpoint, model: torch.nn.Module, deltas: dict[str, tor
 
     _copy_model(ckpt, tmp)
     llm_rel = ckpt.llm_dir.relative_to(ckpt.root)
-    where = locate(ckpt.llm_dir, sorted(deltas))
+    where = locate(ckpt.llm_dir, sorted(deltas), aliases=saved_keys(model, sorted(deltas)))
     originals, record = {}, {}
     for name, (file, key) in where.items():
         with safe_open(str(ckpt.llm_dir / file), "pt") as f:
@@ -178,14 +203,41 @@ def write_edited(ckpt: Checkpoint, model: torch.nn.Module, deltas: dict[str, tor
 
 
 def read_edit(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / EDIT_DIR / EDIT_FILE
+    """The edit record, checked: its fields have the right types and every path it names stays inside `directory`."""
+    directory = Path(directory)
+    path = directory / EDIT_DIR / EDIT_FILE
     if not path.is_file():
         raise DataError(f"{directory}: not an edited checkpoint (no {EDIT_DIR}/{EDIT_FILE})")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: not a readable edit record (JSON): {e}") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    for key, kind in (("llm_dir", str), ("checkpoint_kind", str), ("patched", dict), ("base", dict), ("requests", list)):
+        if not isinstance(info.get(key), kind):
+            raise DataError(f"{path}: field {key!r} must be a {kind.__name__}")
+    if info["checkpoint_kind"] not in ("hf", "mmadapt"):
+        raise DataError(f"{path}: checkpoint_kind {info['checkpoint_kind']!r} is not valid; valid: hf, mmadapt")
+    contained_path(directory, info["llm_dir"] or ".", f"{path}: llm_dir", DataError)
+    for name, entry in info["patched"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("key"), str)):
+            raise DataError(f"{path}: patched[{name!r}] needs string 'file' and 'key'")
+        contained_path(directory, entry["file"], f"{path}: patched[{name!r}].file", DataError)
+        if not entry["file"].endswith(".safetensors"):
+            raise DataError(f"{path}: patched[{name!r}].file {entry['file']!r} is not a .safetensors file")
+    files = info["base"].get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise DataError(f"{path}: base.files must map weight file names to SHA-256 strings")
+    for file in files:
+        contained_path(directory / info["llm_dir"], file, f"{path}: base.files", DataError)
+    return info
 
 
-def revert(edited: str | Path, out: str | Path) -> Path:
-    """Write the base model back from an edited checkpoint; every weight file's SHA-256 must match the base's."""
+def revert(edited: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the base model back from an edited checkpoint; every weight file's SHA-256 must match the base's.
+
+    Every path the record names is checked to stay inside `edited` before anything is read or written."""
     from safetensors.torch import load_file
 
     from mmadapt.lineage import write_manifest
@@ -194,12 +246,24 @@ def revert(edited: str | Path, out: str | Path) -> Path:
     if out.resolve() == edited.resolve():
         raise ConfigError(f"--out {out}: must differ from the edited directory")
     info = read_edit(edited)
+    check_output_dir(out, "edit_revert", overwrite)
     ckpt = Checkpoint(edited, edited / info["llm_dir"], info["checkpoint_kind"])
-    originals = load_file(str(edited / EDIT_DIR / ORIGINAL_FILE))
-    with atomic_directory(out) as tmp:
+    try:
+        originals = load_file(str(edited / EDIT_DIR / ORIGINAL_FILE))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise DataError(f"{edited / EDIT_DIR / ORIGINAL_FILE}: unreadable: {e}") from None
+    missing = sorted(set(info["patched"]) - set(originals))
+    if missing:
+        raise DataError(f"{edited / EDIT_DIR / ORIGINAL_FILE}: no original values for {missing[:5]}")
+    with output_directory(out, "edit_revert", overwrite) as tmp:
         _copy_model(ckpt, tmp)
         for name, entry in info["patched"].items():
-            patch_tensor(tmp / entry["file"], entry["key"], originals[name])
+            target = contained_path(tmp, entry["file"], f"{EDIT_DIR}/{EDIT_FILE}: patched[{name!r}].file", DataError)
+            if not target.is_file():
+                raise DataError(f"{edited}: the edit record names {entry['file']}, which the checkpoint does not hold")
+            if entry["key"] not in read_header(target)[1]:
+                raise DataError(f"{edited / entry['file']}: no tensor {entry['key']!r} (named by the edit record)")
+            patch_tensor(target, entry["key"], originals[name])
         llm_rel = Path(info["llm_dir"])
         for file, digest in info["base"]["files"].items():
             if sha256_file(tmp / llm_rel / file) != digest:
@@ -216,34 +280,47 @@ def save_edit_record(tmp: Path, record: dict[str, Any]) -> None:
 
 
 def edit_checkpoint(model_dir: str | Path, requests: list, method: str, hparams: dict[str, Any] | None, out: str | Path,
-                    stats_dir: str | Path | None = None) -> dict[str, Any]:
+                    stats_dir: str | Path | None = None, overwrite: bool = False, allow_weak: bool = False,
+                    min_gain: float = 0.5) -> dict[str, Any]:
     """Load `model_dir`, apply `requests` with `method` (rome | memit | ft), write the edited checkpoint to `out`.
 
     Missing old answers are taken from the base model first; metrics are measured before and after
     (after: on exactly the weights written). Returns the edit record (also in OUT/edit/edit.json).
+    An edit that does not raise its target's mean log-probability by `min_gain` nats, or leaves the
+    old answer ahead, raises `WeakEditError` and nothing is written, unless `allow_weak` (the record
+    then says `status: weak` and, in `outcomes`, which edits did not take).
     """
     from mmadapt import registry
     from mmadapt.config import from_dict, to_dict
-    from mmadapt.editing.evaluate import evaluate, fill_missing_targets
+    from mmadapt.editing.evaluate import WeakEditError, describe_weak, edit_outcomes, evaluate, fill_missing_targets
     from mmadapt.editing.stats import StatsCache
     from mmadapt.lineage import write_manifest
 
     model_dir, out = Path(model_dir), Path(out)
     if out.resolve() == model_dir.resolve():
         raise ConfigError(f"--out {out}: must differ from --model (the base stays untouched)")
+    check_output_dir(out, "edit", overwrite)  # before the (long) edit, not after
     apply = registry.resolve("edit_method", method, where="--method")
     hp = from_dict(apply.hparams_class, hparams or {}, path="hparams")
     ckpt = open_checkpoint(model_dir)
     model, tok = load_llm(ckpt)
     model_id, base_files = weights_id(ckpt.llm_dir)
     requests = fill_missing_targets(model, tok, requests)
-    before, _ = evaluate(model, tok, requests)
+    before, before_rows = evaluate(model, tok, requests)
     stats_root = stats_dir or getattr(getattr(hp, "stats", None), "cache_dir", None)
     result = apply(model, tok, requests, hp, cache=StatsCache(stats_root), model_id=model_id)
-    with atomic_directory(out) as tmp:
+    with output_directory(out, "edit", overwrite) as tmp:
         patched = write_edited(ckpt, model, result.deltas, tmp)
         after, per_request = evaluate(model, tok, requests)
+        outcomes = edit_outcomes(before_rows, per_request, min_gain)
+        status = "ok" if all(o["status"] == "ok" for o in outcomes) else "weak"
+        if status != "ok" and not allow_weak:  # raised inside the output context: nothing is written
+            raise WeakEditError(describe_weak(requests, outcomes, result.details.get("layers", []),
+                                              result.details.get("layer_choice")))
         record = {
+            "status": status,  # "weak": some edits did not take (written only with allow_weak); see outcomes
+            "outcomes": outcomes,
+            "layer_choice": result.details.get("layer_choice", {"source": "hparams"}),
             "method": method,
             "hparams": to_dict(hp),
             "layers": result.details.get("layers", []),

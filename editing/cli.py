@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from mmadapt.errors import ConfigError, DataError
@@ -26,10 +27,20 @@ def apply_cli(args: argparse.Namespace) -> int:
     from mmadapt.editing.evaluate import format_table
     from mmadapt.editing.requests import read_requests
 
+    from mmadapt.editing.evaluate import WeakEditError
+
     requests = read_requests(args.edits)
-    record = edit_checkpoint(args.model, requests, args.method, _hparams(args), args.out, stats_dir=args.stats_dir)
+    try:
+        record = edit_checkpoint(args.model, requests, args.method, _hparams(args), args.out, stats_dir=args.stats_dir,
+                                 overwrite=args.overwrite, allow_weak=args.allow_weak)
+    except WeakEditError as e:
+        print(f"mmadapt edit apply: {e}\nnothing written to {args.out}", file=sys.stderr)
+        return 1
     after = dict(record["metrics"]["after"], seconds_per_edit=record["metrics"]["method"]["seconds_per_edit"])
     print(format_table({"base": record["metrics"]["before"], args.method: after}))
+    if record["status"] != "ok":
+        print(f"\nWARNING: {sum(o['status'] != 'ok' for o in record['outcomes'])} edit(s) did not take "
+              "(kept by --allow-weak; see 'outcomes' in edit/edit.json)")
     print(f"\nedited checkpoint: {args.out} (layers {record['layers']}; revert with `mmadapt edit revert {args.out} --out DIR`)")
     return 0
 
@@ -37,8 +48,20 @@ def apply_cli(args: argparse.Namespace) -> int:
 def revert_cli(args: argparse.Namespace) -> int:
     from mmadapt.editing.checkpoint import revert
 
-    out = revert(args.edited, args.out)
+    out = revert(args.edited, args.out, overwrite=args.overwrite)
     print(f"reverted {args.edited} -> {out}: weight files identical (SHA-256) to the base")
+    return 0
+
+
+def reapply_cli(args: argparse.Namespace) -> int:
+    from mmadapt.editing.evaluate import format_table
+    from mmadapt.editing.reapply import reapply
+
+    record = reapply(args.edited, args.model, args.out, overwrite=args.overwrite, recompute=args.recompute,
+                     allow_weak=args.allow_weak)
+    print(format_table({f"{args.model} (before)": record["metrics"]["before"],
+                        "re-applied edits": record["metrics"]["after"]}, columns=("efficacy", "paraphrase", "neighborhood", "fluency")))
+    print(f"\nedited checkpoint: {args.out} (revert with `mmadapt edit revert {args.out} --out DIR`)")
     return 0
 
 
@@ -105,7 +128,12 @@ def trace_cli(args: argparse.Namespace) -> int:
     atomic_write_json(out.with_suffix(".json"), result.summary())
     print(f"answer {result.answer!r}: P clean {result.clean:.3f}, subject corrupted {result.corrupted:.3f}")
     if "mlp" in result.scores:
-        print(f"MLP layers carrying the fact (at the subject's last token): {result.top_layers('mlp')}")
+        print(f"MLP layers carrying the fact (at the subject's last token): {result.top_layers('mlp') or 'none'}")
+    for kind in result.scores:  # the numbers behind each heat map: its brightest cell and the subject-last row
+        peak = result.peak(kind)
+        print(f"{kind}: brightest cell P={peak['p']:.3f} at token {peak['token']} {peak['token_text']!r}, layer "
+              f"{peak['layer']}; at the subject's last token, layers bringing the answer back: "
+              f"{result.top_layers(kind) or 'none'}")
     print(f"heat map: {out} (scores: {out.with_suffix('.json')})")
     return 0
 
@@ -125,12 +153,26 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one hyper-parameter")
     a.add_argument("--corpus", help="text corpus for the second-moment statistics (.txt lines or .jsonl 'text')")
     a.add_argument("--stats-dir", help="statistics cache directory (default ~/.cache/mmadapt/edit_stats)")
+    a.add_argument("--allow-weak", action="store_true",
+                   help="write the checkpoint even when an edit did not take (its record says status: weak); "
+                        "by default such a run writes nothing and exits 1")
+    a.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier `edit apply` output")
     a.set_defaults(func=apply_cli)
 
     r = actions.add_parser("revert", help="restore the base weights of an edited checkpoint, bit for bit")
     r.add_argument("edited", help="a directory written by `mmadapt edit apply`")
     r.add_argument("--out", required=True)
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier `edit revert` output")
     r.set_defaults(func=revert_cli)
+
+    ra = actions.add_parser("reapply", help="apply the edits recorded in an edited checkpoint to another (derived) model")
+    ra.add_argument("edited", help="a directory written by `mmadapt edit apply`")
+    ra.add_argument("--model", required=True, help="the new model (HF directory or mmadapt checkpoint)")
+    ra.add_argument("--out", required=True, help="the new edited checkpoint (its own record; `edit revert` restores --model)")
+    ra.add_argument("--recompute", action="store_true", help="re-run the recorded method on --model instead of adding the recorded deltas")
+    ra.add_argument("--allow-weak", action="store_true", help="write it even if some edits do not take")
+    ra.add_argument("--overwrite", action="store_true")
+    ra.set_defaults(func=reapply_cli)
 
     e = actions.add_parser("eval", help="efficacy, paraphrase, neighbourhood and fluency of a model on edit requests")
     e.add_argument("--model", required=True)

@@ -17,12 +17,32 @@ from mmadapt.errors import MMAdaptError
 COMMANDS: dict[str, str] = {
     "train": "mmadapt.train.run:add_cli",
     "generate": "mmadapt.generate:add_cli",
+    "chat": "mmadapt.chat:add_cli",
     "quickstart": "mmadapt.quickstart:add_cli",
     "lineage": "mmadapt.lineage_cli:add_cli",
     "export": "mmadapt.train.peft:add_cli",
     "merge": "mmadapt.merge.merge:add_cli",
     "rag": "mmadapt.rag.cli:add_cli",
     "edit": "mmadapt.editing.cli:add_cli",
+    "serve": "mmadapt.serve.cli:add_cli",
+    "eval": "mmadapt.eval.run:add_cli",
+}
+
+
+# One line per command for `mmadapt --help`, which imports no command module (so it starts in well under a second).
+SUMMARIES: dict[str, str] = {
+    "train": "train from a YAML run config (SFT, DPO-family objectives, LoRA, stages)",
+    "generate": "answer a prompt with a saved model (and an image / audio / video)",
+    "chat": "talk to a saved model: multi-turn, system prompt, sampling, media by path",
+    "quickstart": "train and evaluate a tiny model on generated data, offline",
+    "lineage": "where a checkpoint came from (base -> SFT -> DPO -> merge -> edit), --verify re-hashes",
+    "export": "a standalone model: LoRA merged, or --format hf for transformers / vLLM",
+    "merge": "merge models or adapters (linear, task arithmetic, TIES, DARE, SLERP, per part)",
+    "rag": "retrieval indices: build, add, update, delete, query, ask, eval, tune",
+    "edit": "knowledge editing of saved checkpoints (ROME, MEMIT, FT-L), evaluation, exact revert",
+    "serve": "an OpenAI-compatible server (chat completions, embeddings, RAG citations)",
+    "eval": "one evaluation report over tasks and models (report.json / .md / .html)",
+    "ui": "the web app: chat, train, evaluate, merge, edit, lineage",
 }
 
 
@@ -31,12 +51,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS.items():
-        if only is not None and name != only:
-            sub.add_parser(name, help=f"see `mmadapt {name} --help`", add_help=False)
+        if name != only:  # only the chosen command's module is imported (none for `mmadapt --help`)
+            sub.add_parser(name, help=SUMMARIES.get(name, f"see `mmadapt {name} --help`"), add_help=False)
             continue
         module_name, attr = target.split(":")
         getattr(importlib.import_module(module_name), attr)(sub)
     return parser
+
+
+NOISY_LOGGERS = ("PIL", "matplotlib", "urllib3", "filelock", "fsspec", "httpx", "httpcore", "asyncio", "h5py")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Our -v shows mmadapt's debug lines, not every library's; warnings about the libraries' own future
+    (FutureWarning / DeprecationWarning floods from transformers, torch) appear only with -v."""
+    import warnings
+
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

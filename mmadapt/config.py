@@ -279,12 +279,33 @@ class ModelConfig:
     vlm: VLMConfig | None = None  # or: an existing Hugging Face vision-language model
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> {name, **kwargs}
     connectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> {name, **kwargs}
-    init_from: str | None = None  # an mmadapt checkpoint directory whose weights start this run
+    # An mmadapt checkpoint whose weights start this run. Alone (no llm / vlm), it is the whole model: architecture,
+    # encoders, connectors, tokenizer (with its placeholders) and adapters, which keep training unless merged.
+    init_from: str | None = None
+    merge_adapters: bool = False  # with init_from alone: fold the checkpoint's adapters in first
+    # The token each modality's items take in the LLM's text (default <image> / <audio> / <video>); records keep
+    # those markers, which become this token at tokenisation. An HF model.vlm uses its processor's own token.
+    placeholders: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.placeholders) - {"image", "audio", "video"})
+        if unknown:
+            raise ValueError(f"model.placeholders: unknown modality {unknown}; valid: image, audio, video")
+        if any(not isinstance(t, str) or not t.strip() for t in self.placeholders.values()):
+            raise ValueError("model.placeholders: each token must be a non-empty string")
+        if self.vlm is not None and self.placeholders:
+            raise ValueError("model.placeholders: a model.vlm uses its processor's image token; remove this key")
+        if self.llm is None and self.vlm is None and self.init_from is not None:
+            if self.encoders or self.connectors or self.placeholders:
+                raise ValueError("model.init_from alone brings the checkpoint's encoders, connectors and placeholders; "
+                                 "remove model.encoders / model.connectors / model.placeholders (or describe the whole "
+                                 "model with model.llm and use init_from for its weights)")
+            return
+        if self.merge_adapters:
+            raise ValueError("model.merge_adapters applies to model.init_from alone (a finished run's adapters)")
         if (self.llm is None) == (self.vlm is None):
-            raise ValueError("set exactly one of model.llm (compose encoders + connectors + a causal LM) and "
-                             "model.vlm (a Hugging Face vision-language checkpoint)")
+            raise ValueError("set exactly one of model.llm (compose encoders + connectors + a causal LM), model.vlm "
+                             "(a Hugging Face vision-language checkpoint), or model.init_from alone (a finished run)")
         if self.vlm is not None and (self.encoders or self.connectors):
             raise ValueError("model.vlm brings its own vision tower and projector; remove model.encoders and "
                              "model.connectors")
@@ -297,20 +318,38 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str | None = None  # .json list or .jsonl
-    eval: str | None = None
+    # Data files (.json/.jsonl/.parquet/.arrow, a `datasets.save_to_disk` folder) or names in data.dataset_info;
+    # several are mixed (data.weights). Records in any layout of data.formatting (mmadapt.data.formats).
+    train: str | list[str] | None = None
+    eval: str | list[str] | None = None
+    formatting: str = "auto"  # record layout: auto (per file, from its keys) | llava | sharegpt | openai | alpaca
+    columns: dict[str, str] = field(default_factory=dict)  # a layout's key -> this file's column (LLaMA-Factory style)
+    dataset_info: str | None = None  # dataset registry file (.json/.yaml, LLaMA-Factory's dataset_info.json layout)
+    weights: dict[str, float] = field(default_factory=dict)  # dataset (name or file) -> weight: x its records in the mix
+    media_cache: str | None = None  # embedded media (bytes, base64) are written here as files (~/.cache/mmadapt/media)
     media_root: str | None = None  # relative media paths are resolved here (default: the data file's folder)
     format: Literal["conversations", "text", "preference", "kto"] = "conversations"
     max_length: int = 512
     skip_bad_samples: bool = False
-    chat_template: str | None = None  # a Jinja template; default: the tokenizer's, else mmadapt's ChatML default
+    # a name (chatml, qwen2, qwen3, llama3, gemma, mistral, ...: mmadapt.data.chat_templates), a tokenizer directory,
+    # a .jinja file or Jinja source; default: the tokenizer's own, else ChatML
+    chat_template: str | None = None
     generate: dict[str, Any] | None = None  # {name: shapes, out: DIR, **kwargs}: generated data written to `out`
     retrieval: dict[str, Any] | None = None  # retrieval-augmented examples (mmadapt.rag.augment)
     feature_cache: str | None = None  # a directory: frozen encoders' features computed once, reused by epochs and stages
+    # SFT: a batch's samples packed back to back into rows of at most max_length (no padding between them; each
+    # sample attends only to itself: mmadapt.data.packing)
+    packing: bool = False
 
     def __post_init__(self) -> None:
+        if self.packing and self.format not in ("conversations", "text"):
+            raise ValueError(f"data.packing packs SFT samples; data.format {self.format!r} is not one "
+                             "(valid with packing: conversations, text)")
         if self.max_length < 8:
             raise ValueError(f"data.max_length={self.max_length} is too small (at least 8)")
+        for name, weight in self.weights.items():
+            if not weight > 0:
+                raise ValueError(f"data.weights.{name} must be > 0, got {weight}")
 
 
 @dataclass
@@ -389,6 +428,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 def stage_configs(config: RunConfig) -> list[tuple[str, RunConfig]]:
     """Expand `stages:` into one full RunConfig per stage (output in OUTPUT_DIR/STAGE_NAME).
 
@@ -404,6 +446,9 @@ def stage_configs(config: RunConfig) -> list[tuple[str, RunConfig]]:
         name = stage.pop("name", None)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"stages[{i}]: every stage needs a name")
+        if not _STAGE_NAME.fullmatch(name):  # it names a folder inside output_dir: never a path out of it
+            raise ConfigError(f"stages[{i}].name: {name!r} is not valid; a stage name is one folder name inside "
+                              "output_dir: letters, digits, '_', '-', '.', starting with a letter or digit")
         if name in seen:
             raise ConfigError(f"stages[{i}]: duplicate stage name {name!r}")
         seen.add(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,15 @@ from mmadapt.data.collator import pad
 from mmadapt.data.conversations import IGNORE_INDEX, expand_placeholders, media_list, resolve_media
 from mmadapt.data.templates import ensure_chat_template, render, to_messages
 from mmadapt.errors import DataError
-from mmadapt.model import PLACEHOLDERS
+from mmadapt.eval.metrics import accuracy, normalize_answer  # noqa: F401 (the one copy, re-exported)
+from mmadapt.model import PLACEHOLDERS, with_model_placeholders
 
-
-def normalize_answer(text: str) -> str:
-    text = text.lower().strip()
-    text = re.sub(r"\s+", " ", text)
-    return text.strip(" .!?,;:")
 
 
 def encode_prompt(model: Any, messages: list[dict[str, str]], media: dict[str, list[Path]]) -> list[int]:
     """Token ids of `messages` + the generation prompt, placeholders expanded."""
     ensure_chat_template(model.tokenizer)
-    text = render(model.tokenizer, messages, add_generation_prompt=True)
+    text = render(model.tokenizer, with_model_placeholders(model, messages), add_generation_prompt=True)
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)
     for modality, items in media.items():
@@ -39,8 +34,9 @@ def encode_prompt(model: Any, messages: list[dict[str, str]], media: dict[str, l
 
 @torch.no_grad()
 def generate_batch(model: Any, prompts: list[tuple[list[dict[str, str]], dict[str, list[Any]]]],
-                   max_new_tokens: int = 16) -> list[str]:
-    """Answers for a batch of (messages, {modality: [raw items]}), greedy decoding."""
+                   max_new_tokens: int = 16, **generate_kwargs: Any) -> list[str]:
+    """Answers for a batch of (messages, {modality: [raw items]}), greedy decoding; `generate_kwargs` (logits
+    processors, stopping criteria) go to HF `generate` (the server samples and streams through them)."""
     model.eval()
     processor = getattr(model, "processor", None)
     if processor is not None:  # an HF vision-language model: its processor tokenises, expands and pads
@@ -49,7 +45,7 @@ def generate_batch(model: Any, prompts: list[tuple[list[dict[str, str]], dict[st
         inputs = encode_prompts(processor, prompts).to(model.device)
         media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         new_tokens = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], media=media,
-                                    max_new_tokens=max_new_tokens, do_sample=False)
+                                    max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
         return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
     ids = [encode_prompt(model, messages, media) for messages, media in prompts]
     input_ids = pad(ids, model.tokenizer.pad_token_id, left=True).to(model.device)
@@ -60,7 +56,7 @@ def generate_batch(model: Any, prompts: list[tuple[list[dict[str, str]], dict[st
             media_tensors.setdefault(modality, []).extend(model.encoders[modality].preprocess(i) for i in items)
     stacked = {m: torch.stack(t) for m, t in media_tensors.items()}
     new_tokens = model.generate(input_ids, attention_mask=attention_mask, media=stacked or None,
-                                max_new_tokens=max_new_tokens, do_sample=False)
+                                max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
     return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
 
 
@@ -85,14 +81,13 @@ def exact_match(model: Any, records: list[tuple[str, dict[str, Any]]], root: str
         chunk = [split_record(model, w, r, root) for w, r in records[start:start + batch_size]]
         answers = generate_batch(model, [(m, media) for m, media, _ in chunk], max_new_tokens=max_new_tokens)
         pairs.extend(zip(answers, [ref for _, _, ref in chunk]))
-    correct = sum(normalize_answer(p) == normalize_answer(r) for p, r in pairs)
-    return correct / max(len(pairs), 1), pairs
+    return accuracy([p for p, _ in pairs], [r for _, r in pairs]), pairs
 
 
 def run_cli(args: argparse.Namespace) -> int:
     from mmadapt.factory import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, trust_remote_code=args.trust_remote_code)
     media: dict[str, list[Any]] = {}
     prompt = args.prompt
     for modality, paths in (("image", args.image), ("audio", args.audio), ("video", args.video)):
@@ -119,4 +114,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio", action="append", help="audio file (repeatable)")
     p.add_argument("--video", action="append", help="video file (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the checkpoint's own Python code to run (never enabled by the checkpoint itself)")
     p.set_defaults(func=run_cli)

@@ -1,4 +1,9 @@
-"""Atomic writes and hashing: nothing the user had is lost if a write is interrupted."""
+"""Atomic writes, hashing, and the output rules every writer follows.
+
+Nothing the user had is lost: an interrupted write leaves the old output as it was, an existing
+directory is replaced only when it is an earlier output of the same command and the user passed
+`--overwrite`, and a path read from an artefact never leaves the artefact's own directory.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from mmadapt.errors import ConfigError, MMAdaptError
+
+MANIFEST = "manifest.json"  # lineage.MANIFEST; here to avoid an import cycle
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -18,6 +28,38 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def contained_path(root: str | os.PathLike, relative: Any, what: str,
+                   error: type[MMAdaptError] = ConfigError) -> Path:
+    """`root / relative`, refused (before anything is read or written) when it would leave `root`.
+
+    `relative` comes from an artefact or a config (a shard name, an edit record, a stage name): absolute
+    paths, `..` that climbs out, and symlinks that point outside are all refused; `what` names the field.
+    """
+    if not isinstance(relative, (str, os.PathLike)) or not str(relative) or "\x00" in str(relative):
+        raise error(f"{what}: {relative!r} is not a relative path inside {root}")
+    rel = Path(relative)
+    if rel.is_absolute() or rel.drive:
+        raise error(f"{what}: {str(relative)!r} is an absolute path; only paths inside {root} are allowed")
+    root = Path(root)
+    path = root / rel
+    real_root = root.resolve()
+    real = path.resolve()  # follows symlinks, so a link inside root that points out is caught too
+    if real != real_root and real_root not in real.parents:
+        raise error(f"{what}: {str(relative)!r} leaves {root}; only paths inside it are allowed")
+    return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is process-wide)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -30,11 +72,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync, then rename over `path`."""
+    """Write `data` to a temp file beside `path`, fsync, then rename over `path` (mode as the umask says)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an output is a normal file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -55,23 +98,62 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _owner_tag() -> str:
+    """Host and pid in temp names, so the next run can tell a dead writer's leftovers from a live one's."""
+    return f"{socket.gethostname().replace('-', '_').replace('.', '_')}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove `.NAME.tmp-*` / `.NAME.old-*` left beside `path` by killed writers on this host (live ones are
+    kept). An `.old-*` holding the previous output while `path` is missing (killed between the two renames of
+    a replace) is put back first. Returns what was removed."""
+    path = Path(path)
+    host, removed = _owner_tag().split("-")[0], []
+    if not path.parent.is_dir():
+        return removed
+    for kind in ("old", "tmp"):  # old first: a previous output is restored before anything is deleted
+        for entry in sorted(path.parent.glob(f".{path.name}.{kind}-*")):
+            parts = entry.name[len(f".{path.name}.{kind}-"):].split("-")
+            if len(parts) < 3 or parts[0] != host or not parts[1].isdigit() or _alive(int(parts[1])):
+                continue
+            previous = entry / path.name
+            if kind == "old" and previous.exists() and not path.exists():
+                os.replace(previous, path)
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename.
 
     An interrupted write leaves `path` exactly as it was (the temp directory is removed, or left
-    as `.NAME.tmp-*` if the process is killed, which readers ignore).
+    as `.NAME.tmp-*` if the process is killed: readers ignore it and the next write removes it).
+    Callers that replace a user-visible output check it first with `output_directory`.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another output directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{_owner_tag()}", dir=path.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the output is a normal directory
         yield tmp
         _fsync_dir(tmp)
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{_owner_tag()}", dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -81,3 +163,79 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool, what: str = "--out",
+                     layout: set[str] | None = None, ignore: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse to write `path` unless it is new, empty, or an earlier `kind` output and `overwrite` is set.
+
+    An earlier output is recognised by its manifest.json (same `kind`, before any ':'); even then, a file
+    mmadapt did not write there (not among the manifest's `outputs`, or outside `layout` for manifests that
+    predate `outputs`) is never removed: the write is refused and the file named. `ignore`: top-level entries
+    the caller accounts for itself (training's own run state, and inputs its config keeps inside the directory).
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{what} {path}: exists and is not a directory; choose a new output directory")
+    if not any(p for p in path.iterdir() if p.name not in ignore):
+        return
+    manifest: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((path / MANIFEST).read_text())
+    found = manifest.get("kind") if isinstance(manifest, dict) else None
+    if not isinstance(found, str) or found.split(":")[0] != kind.split(":")[0]:
+        what_it_is = f"a {found!r} output" if isinstance(found, str) else "not an mmadapt output (no manifest.json)"
+        raise ConfigError(f"{what} {path}: exists, is not empty and is {what_it_is}, not an earlier {kind} output; "
+                          "mmadapt never deletes what it did not write: choose a new or empty directory")
+    if not overwrite:
+        raise ConfigError(f"{what} {path}: holds an earlier {found} output; pass --overwrite to replace it, "
+                          "or choose a new directory")
+    recorded = manifest.get("outputs")
+    if isinstance(recorded, list):
+        ours = {str(p) for p in recorded} | {MANIFEST}
+        foreign = sorted(f for f in _files(path) if f not in ours)
+    else:  # written before manifests listed their outputs: only the command's own layout may go
+        known = (layout or set()) | {MANIFEST} | set(manifest.get("files") or {})
+        foreign = sorted(f for f in _files(path) if f.split(os.sep)[0] not in known and f not in known)
+    foreign = [f for f in foreign if Path(f).parts[0] not in ignore]
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise ConfigError(f"{what} {path}: holds files mmadapt did not write ({', '.join(foreign[:5])}{more}); "
+                          "--overwrite replaces only mmadapt's own outputs: move them away or choose a new directory")
+
+
+@contextlib.contextmanager
+def output_directory(path: str | os.PathLike, kind: str, overwrite: bool = False, what: str = "--out") -> Iterator[Path]:
+    """`atomic_directory` for a command's output: checked before any work (`check_output_dir`) and again just
+    before the rename (nothing foreign appeared meanwhile). Yields the temp directory to fill."""
+    check_output_dir(path, kind, overwrite, what)
+    with atomic_directory(path) as tmp:
+        yield tmp
+        check_output_dir(path, kind, overwrite, what)
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, what: str = "output_dir") -> Iterator[None]:
+    """One writer at a time for `path`: a lock file beside it (`.NAME.lock`, kept: it is how writers meet).
+    A second writer is refused at once with a message, not queued."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = path.parent / f".{path.name}.lock"
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{what} {path}: another mmadapt process is writing it (lock {lock_file}); wait for it "
+                          "to finish or choose another directory") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from mmadapt import __version__
-from mmadapt.io import atomic_write_json, sha256_file
+from mmadapt.errors import DataError
+from mmadapt.io import atomic_write_json, contained_path, sha256_file
 
 MANIFEST = "manifest.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".faiss", ".sqlite", ".gguf")
@@ -34,10 +37,70 @@ def hash_files(directory: str | Path) -> dict[str, str]:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest of `directory` (None when it has none); a garbled one is a DataError naming the file."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: not a readable manifest (JSON): {e}") from None
+    problem = _shape_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return manifest
+
+
+def _shape_problem(node: Any, where: str = "") -> str | None:
+    """What is wrong with a manifest's structure (kind: str, files: {str: str}, parents: [manifests]), if anything."""
+    if not isinstance(node, dict):
+        return f"{where or 'the manifest'} must be a JSON object"
+    if not isinstance(node.get("kind", ""), str):
+        return f"{where}kind must be a string"
+    files = node.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return f"{where}files must map relative file names to SHA-256 strings"
+    parents = node.get("parents", [])
+    if not isinstance(parents, list):
+        return f"{where}parents must be a list of manifests"
+    for i, parent in enumerate(parents):
+        problem = _shape_problem(parent, f"{where}parents[{i}].")
+        if problem:
+            return problem
+    return None
+
+
+def check_complete(directory: str | Path, kind: str = "", parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Refuse to load a directory whose manifest is missing (an interrupted write) or whose weight files differ
+    from those it records (a mix of two writes, or a swapped file); returns the manifest.
+
+    Checked: the weight files under the top-level entries `parts` (None: all), i.e. those the caller will load;
+    each recorded one is re-hashed (SHA-256, ~1.6 GB/s per core: benchmarks/load_verify.py), and one present but
+    not recorded (e.g. a shard of another write) is refused too.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise DataError(f"{directory}: no {MANIFEST}, so it is not a complete mmadapt output (an interrupted write, "
+                        f"or not written by mmadapt); {kind or 'load'} refuses it: re-create it, or if you trust these "
+                        f"files write a manifest with mmadapt.lineage.write_manifest")
+    def wanted(rel: str | Path) -> bool:
+        return parts is None or Path(rel).parts[:1] in [(part,) for part in parts]
+
+    recorded = {k: v for k, v in manifest.get("files", {}).items() if wanted(k)}
+    present = {str(p) for p in weight_files(directory) if wanted(p)}
+    problems = [f"{rel}: not recorded in {MANIFEST}" for rel in sorted(present - set(recorded))]
+    paths = {rel: contained_path(directory, rel, f"{directory / MANIFEST}: files", DataError) for rel in recorded}
+    problems += [f"{rel}: missing" for rel, path in sorted(paths.items()) if not path.is_file()]
+    present_paths = {rel: path for rel, path in paths.items() if path.is_file()}
+    # hashlib releases the GIL on large blocks: shards hash in parallel
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        digests = dict(zip(present_paths, pool.map(sha256_file, present_paths.values())))
+    problems += [f"{rel}: SHA-256 differs from the manifest" for rel in sorted(digests) if digests[rel] != recorded[rel]]
+    if problems:
+        raise DataError(f"{directory}: its files do not match its {MANIFEST} ({'; '.join(problems[:5])}); it was "
+                        "modified or only partly replaced after it was written: re-create it")
+    return manifest
 
 
 def describe_input(path: str | Path) -> dict[str, Any]:
@@ -72,11 +135,34 @@ def write_manifest(
         "path": str(final_path or directory),
         "config": config or {},
         "files": hash_files(directory),
+        # every file this write produced: a later --overwrite removes these and refuses if anything else is there
+        "outputs": sorted(str(p.relative_to(directory)) for p in Path(directory).rglob("*")
+                          if p.is_file() and p.relative_to(directory) != Path(MANIFEST)),
         "parents": [describe_input(p) for p in (inputs or [])],
         **(extra or {}),
     }
     atomic_write_json(Path(directory) / MANIFEST, manifest)
     return manifest
+
+
+def save_model_dir(directory: str | Path, write: Any, atomic: bool = True,
+                   manifest: dict[str, Any] | None = None) -> Path:
+    """Write a model with `write(folder)` and then its manifest (loading refuses a directory without one):
+    atomically (into a temp folder renamed over `directory`), or in place (a trainer checkpoint's staging).
+    `manifest`: kwargs for write_manifest (default kind "model")."""
+    from mmadapt.io import atomic_directory
+
+    directory = Path(directory)
+    manifest = manifest if manifest is not None else {"kind": "model"}
+    if atomic:
+        with atomic_directory(directory) as tmp:
+            write(tmp)
+            write_manifest(tmp, final_path=directory, **manifest)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        write(directory)
+        write_manifest(directory, **manifest)
+    return directory
 
 
 def verify(directory: str | Path) -> list[str]:
@@ -88,7 +174,12 @@ def verify(directory: str | Path) -> list[str]:
 
     def check(node: dict[str, Any], root: Path) -> None:
         for rel, digest in node.get("files", {}).items():
-            path = root / rel
+            # a manifest names files inside its own directory: never a probe of other paths
+            try:
+                path = contained_path(root, rel, f"{node.get('kind')} manifest of {root}: files", DataError)
+            except DataError as e:
+                problems.append(str(e))
+                continue
             if not path.is_file():
                 problems.append(f"{path}: missing (recorded in {node.get('kind')} manifest)")
             elif sha256_file(path) != digest:

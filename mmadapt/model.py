@@ -37,6 +37,8 @@ def load_tokenizer(llm: LLMConfig):
     from transformers import AutoTokenizer
 
     source = llm.tokenizer or llm.name_or_path
+    if llm.tokenizer is None and not any(Path(source).glob("tokenizer*")):  # an adapter without its own tokenizer
+        source = peft_adapter_base(source, "model.llm.name_or_path") or source
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=llm.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -63,10 +65,39 @@ def load_llm(llm: LLMConfig, vocab_size: int) -> nn.Module:
             raise ConfigError(f"model.llm.config: {e}") from e
         model = AutoModelForCausalLM.from_config(hf_config, **kwargs)
         return model.to(_DTYPES[llm.dtype]) if llm.dtype != "auto" else model
+    base = peft_adapter_base(llm.name_or_path, "model.llm.name_or_path")
     try:
-        return AutoModelForCausalLM.from_pretrained(llm.name_or_path, dtype=_DTYPES[llm.dtype], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(base or llm.name_or_path, dtype=_DTYPES[llm.dtype], **kwargs)
     except OSError as e:
-        raise ConfigError(f"model.llm.name_or_path: cannot load {llm.name_or_path!r}: {e}") from e
+        raise ConfigError(f"model.llm.name_or_path: cannot load {base or llm.name_or_path!r}: {e}") from e
+    if base is None:
+        return model
+    # A plain peft adapter directory: its base model wrapped with that adapter, which keeps training (a run with
+    # its own `peft:` section merges it first and trains a new one on top); never a second LoRA stacked inside.
+    from peft import PeftModel
+
+    logger.info("model.llm.name_or_path is a peft adapter on %s: continuing it", base)
+    return PeftModel.from_pretrained(model, llm.name_or_path, is_trainable=True)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def peft_adapter_base(path: str | Path | None, where: str) -> str | None:
+    """The base model of a peft adapter directory (None when `path` is not one)."""
+    import json
+
+    config = Path(path) / ADAPTER_CONFIG if path else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{where}: {config} is unreadable: {e}") from e
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{where}: {config} names no base_model_name_or_path; load the base model and pass this "
+                          "adapter as the adapter of that model")
+    return base
 
 
 class EncodedMedia:
@@ -90,17 +121,19 @@ class MultimodalLM(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.connectors = nn.ModuleDict(connectors)
         self.model_config = config
-        self._placeholder_ids = {m: tokenizer.convert_tokens_to_ids(PLACEHOLDERS[m]) for m in encoders}
+        self.placeholders = {m: config.placeholders.get(m, PLACEHOLDERS[m]) for m in encoders}  # modality -> token
+        self._placeholder_ids = {m: tokenizer.convert_tokens_to_ids(t) for m, t in self.placeholders.items()}
         self.feature_caches: dict[str, Any] = {}  # modality -> FeatureCache, set by a run with data.feature_cache
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_config(cls, config: ModelConfig, load_init_weights: bool = True) -> "MultimodalLM":
         tokenizer = load_tokenizer(config.llm)
-        missing = [PLACEHOLDERS[m] for m in config.encoders if PLACEHOLDERS.get(m) not in tokenizer.get_vocab()]
         for modality in config.encoders:
             if modality not in PLACEHOLDERS:
                 raise ConfigError(f"model.encoders.{modality}: unknown modality; valid: {', '.join(PLACEHOLDERS)}")
+        tokens = [config.placeholders.get(m, PLACEHOLDERS[m]) for m in config.encoders]
+        missing = [t for t in tokens if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         llm = load_llm(config.llm, vocab_size=len(tokenizer))
@@ -161,12 +194,12 @@ class MultimodalLM(nn.Module):
             n_items = 0 if items is None else len(items)
             if n_items == 0:
                 if bool(mask.any()):
-                    raise DataError(f"the batch has {int(mask.sum())} {PLACEHOLDERS[modality]} positions but no {modality} items")
+                    raise DataError(f"the batch has {int(mask.sum())} {self.placeholders[modality]} positions but no {modality} items")
                 continue
             tokens = self.encode(modality, items)  # [n, M, H]
             if int(mask.sum()) != tokens.shape[0] * tokens.shape[1]:
                 raise DataError(
-                    f"{PLACEHOLDERS[modality]}: {int(mask.sum())} placeholder positions in the batch, but {tokens.shape[0]} "
+                    f"{self.placeholders[modality]}: {int(mask.sum())} placeholder positions in the batch, but {tokens.shape[0]} "
                     f"{modality} items x {tokens.shape[1]} tokens each; expand placeholders with the collator"
                 )
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), tokens.to(embeds.dtype))
@@ -210,25 +243,15 @@ class MultimodalLM(nn.Module):
         llm = LLMConfig(name_or_path=CHECKPOINT_REF + LLM_DIR, tokenizer=CHECKPOINT_REF + LLM_DIR,
                         dtype=self.model_config.llm.dtype, trust_remote_code=self.model_config.llm.trust_remote_code,
                         attn_implementation=self.model_config.llm.attn_implementation)
-        return ModelConfig(llm=llm, encoders=encoders, connectors=dict(self.model_config.connectors))
+        return ModelConfig(llm=llm, encoders=encoders, connectors=dict(self.model_config.connectors),
+                           placeholders=dict(self.model_config.placeholders))
 
     def save_pretrained(self, directory: str | Path, atomic: bool = True, manifest: dict[str, Any] | None = None) -> Path:
-        """Write the whole model (safetensors only). `manifest`: kwargs for lineage.write_manifest."""
-        from mmadapt.io import atomic_directory
-        from mmadapt.lineage import write_manifest
+        """Write the whole model (safetensors only) and its manifest. `manifest`: kwargs for lineage.write_manifest."""
+        from mmadapt.lineage import save_model_dir
 
         directory = Path(directory)
-        if atomic:
-            with atomic_directory(directory) as tmp:
-                self._write(tmp, directory)
-                if manifest is not None:
-                    write_manifest(tmp, final_path=directory, **manifest)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._write(directory, directory)
-            if manifest is not None:
-                write_manifest(directory, **manifest)
-        return directory
+        return save_model_dir(directory, lambda folder: self._write(folder, directory), atomic, manifest)
 
     def _write(self, directory: Path, final: Path) -> None:
         from mmadapt.io import atomic_write_text
@@ -246,13 +269,22 @@ class MultimodalLM(nn.Module):
         atomic_write_text(directory / MODEL_CONFIG_FILE, yaml.safe_dump(to_dict(self.saved_config(directory)), sort_keys=False))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, is_trainable: bool = False) -> "MultimodalLM":
+    def from_pretrained(cls, directory: str | Path, is_trainable: bool = False,
+                        trust_remote_code: bool = False) -> "MultimodalLM":
+        """Load a saved model. The directory is data, never code: every `trust_remote_code` its yaml holds is
+        replaced by the caller's `trust_remote_code` (the person running the command: a CLI flag or their own
+        run config), and the directory must be complete (manifest.json matching its weight files)."""
+        from mmadapt.lineage import check_complete
+
         directory = Path(directory)
         path = directory / MODEL_CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
-        raw = resolve_checkpoint_refs(yaml.safe_load(path.read_text()), directory)
+        check_complete(directory, kind="loading", parts=(LLM_DIR, ADAPTER_DIR, MULTIMODAL_WEIGHTS, "encoders"))
+        raw = untrusted_yaml(path, trust_remote_code)
+        raw = resolve_checkpoint_refs(raw, directory)
         config = from_dict(ModelConfig, raw, path=str(path))
+        check_weight_paths(directory)
         model = cls.from_config(config, load_init_weights=False)
         if (directory / ADAPTER_DIR).is_dir():
             from peft import PeftModel
@@ -308,6 +340,20 @@ class MultimodalLM(nn.Module):
         logger.info("loaded weights from %s", directory)
 
 
+def with_model_placeholders(model: Any, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Messages whose media markers (<image>, ...) are written as `model`'s own placeholder tokens."""
+    renames = {PLACEHOLDERS[m]: t for m, t in getattr(model, "placeholders", {}).items() if t != PLACEHOLDERS[m]}
+    if not renames:
+        return messages
+    out = []
+    for message in messages:
+        content = message["content"]
+        for marker, token in renames.items():
+            content = content.replace(marker, token)
+        out.append({**message, "content": content})
+    return out
+
+
 def is_peft_model(module: nn.Module) -> bool:
     try:
         from peft import PeftModel
@@ -316,11 +362,57 @@ def is_peft_model(module: nn.Module) -> bool:
     return isinstance(module, PeftModel)
 
 
-def resolve_checkpoint_refs(data: Any, directory: Path) -> Any:
+def resolve_checkpoint_refs(data: Any, directory: Path, where: str = "") -> Any:
+    """`@checkpoint/REL` values -> paths under `directory`; a REL that leaves the directory is refused."""
+    from mmadapt.io import contained_path
+
     if isinstance(data, dict):
-        return {k: resolve_checkpoint_refs(v, directory) for k, v in data.items()}
+        return {k: resolve_checkpoint_refs(v, directory, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
     if isinstance(data, list):
-        return [resolve_checkpoint_refs(v, directory) for v in data]
+        return [resolve_checkpoint_refs(v, directory, f"{where}[{i}]") for i, v in enumerate(data)]
     if isinstance(data, str) and data.startswith(CHECKPOINT_REF):
-        return str(directory / data[len(CHECKPOINT_REF):])
+        return str(contained_path(directory, data[len(CHECKPOINT_REF):], f"{directory / MODEL_CONFIG_FILE}: {where}"))
     return data
+
+
+def untrusted_yaml(path: Path, trust_remote_code: bool = False) -> dict[str, Any]:
+    """A checkpoint's yaml with every `trust_remote_code` (LLM, VLM, encoder specs, at any depth) set to the
+    caller's choice: an artefact never turns on code execution by itself."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path}: unreadable YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of model config keys, got {type(raw).__name__}")
+    asked: list[str] = []
+
+    def force(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "trust_remote_code":
+                    if value is True and not trust_remote_code:
+                        asked.append(f"{where}{key}")
+                    out[key] = value is True and trust_remote_code  # needs both: the file's need, the caller's consent
+                else:
+                    out[key] = force(value, f"{where}{key}.")
+            return out
+        if isinstance(node, list):
+            return [force(v, f"{where}{i}.") for i, v in enumerate(node)]
+        return node
+
+    raw = force(raw, "")
+    if asked:
+        logger.warning("%s sets %s: ignored (a checkpoint never enables remote code; pass --trust-remote-code "
+                       "if you trust its code)", path, ", ".join(asked))
+    return raw
+
+
+def check_weight_paths(directory: Path) -> None:
+    """Shard names in every `*.safetensors.index.json` of the model's folders stay inside their folder
+    (the HF loader joins them to the folder, so an absolute or `../` name would be read from anywhere)."""
+    from mmadapt.merge.lazy import check_index
+
+    for folder in (directory / LLM_DIR, directory / ADAPTER_DIR):
+        if folder.is_dir():
+            check_index(folder)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from mmadapt import __version__
 from mmadapt.errors import DataError
-from mmadapt.io import atomic_write_json, sha256_file
+from mmadapt.io import atomic_write_json, contained_path, sha256_file
 
+logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 KIND = "rag_index"
 MANIFEST = "manifest.json"
@@ -40,14 +42,20 @@ def writer_lock(directory: Path) -> Iterator[None]:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of an index directory, validated: a clear DataError when it is not a readable index."""
+    """The manifest of an index directory, validated: a clear DataError when it is not a readable index.
+
+    An index is data, never code: its embedder's `trust_remote_code` is forced off here (someone who trusts
+    the embedder's code passes their own embedder config when opening the index), and every file it names
+    must lie inside the index directory."""
     file = path / MANIFEST
     if not file.is_file():
         raise DataError(f"{path}: not a RAG index (no {MANIFEST}); build one with `mmadapt rag build`")
     try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{file}: unreadable manifest: {e}") from e
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{file}: unreadable manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{file}: expected a JSON object")
     store = manifest.get("store") if manifest.get("kind") == KIND else None
     if not isinstance(store, dict):
         raise DataError(f"{path}: manifest kind is {manifest.get('kind')!r}, not a RAG index ({KIND})")
@@ -56,7 +64,33 @@ def read_manifest(path: Path) -> dict[str, Any]:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         hint = "upgrade mmadapt to read it" if newer else "rebuild it with `mmadapt rag build`"
         raise DataError(f"{path}: index format version {version}, this mmadapt {__version__} reads version {FORMAT_VERSION}; {hint}")
+    _check_fields(file, manifest, store)
+    embedder = manifest.get("config", {}).get("embedder")
+    if isinstance(embedder, dict) and embedder.get("trust_remote_code"):
+        logger.warning("%s: the index's embedder sets trust_remote_code: ignored (an index never enables remote "
+                       "code; open it with your own embedder config if you trust that code)", file)
+        embedder["trust_remote_code"] = False
     return manifest
+
+
+def _check_fields(file: Path, manifest: dict[str, Any], store: dict[str, Any]) -> None:
+    """Types of the fields a reader relies on, and every recorded path inside the index directory."""
+    generation = store.get("generation")
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1:
+        raise DataError(f"{file}: store.generation must be a positive integer, got {generation!r}")
+    embedder = store.get("embedder")
+    if not isinstance(embedder, dict) or not isinstance(embedder.get("dim"), int) or not embedder.get("name"):
+        raise DataError(f"{file}: store.embedder must record the embedder ({{type, name, dim}}), got {embedder!r}")
+    if not isinstance(manifest.get("config", {}), dict):
+        raise DataError(f"{file}: config must be a mapping")
+    for field in ("files", "sizes"):
+        entries = manifest.get(field, {}) if field == "files" else store.get(field, {})
+        if not isinstance(entries, dict):
+            raise DataError(f"{file}: {field} must map file names inside the index to values")
+        for rel in entries:
+            contained_path(file.parent, rel, f"{file}: {field}", DataError)
+    if not all(isinstance(v, int) for v in store.get("sizes", {}).values()):
+        raise DataError(f"{file}: store.sizes must map file names to byte counts")
 
 
 def write(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Literal, Sequence
 
 from mmadapt.errors import ConfigError, DataError
+from mmadapt.eval.metrics import recall_at_k, reciprocal_rank  # the one copy of the metric code
 from mmadapt.rag.meta import Hit
 from mmadapt.rag.store import RagIndex
 
@@ -136,22 +137,6 @@ class Retriever:
 def hit_keys(hit: Hit) -> set[str]:
     """The ids a relevance judgement may name for a hit: its chunk id or its document id."""
     return {hit.chunk_id, hit.doc_id}
-
-
-def recall_at_k(ranked: Sequence[set[str]], relevant: set[str], k: int) -> float:
-    """Fraction of the relevant ids found among the first k results (each result a set of ids it answers to)."""
-    if not relevant:
-        raise DataError("a query with no relevant ids cannot be scored")
-    found = set().union(*ranked[:k]) if ranked[:k] else set()
-    return len(relevant & found) / len(relevant)
-
-
-def reciprocal_rank(ranked: Sequence[set[str]], relevant: set[str]) -> float:
-    """1 / rank of the first relevant result (0 when none is retrieved)."""
-    for rank, keys in enumerate(ranked, 1):
-        if keys & relevant:
-            return 1.0 / rank
-    return 0.0
 
 
 def evaluate(

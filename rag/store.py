@@ -31,7 +31,7 @@ import numpy as np
 
 from mmadapt.config import from_dict, to_dict
 from mmadapt.errors import ConfigError, DataError
-from mmadapt.io import atomic_directory
+from mmadapt.io import atomic_directory, check_output_dir
 from mmadapt.lineage import describe_input
 from mmadapt.rag import index as vindex
 from mmadapt.rag import manifest as index_manifest
@@ -129,6 +129,10 @@ class RagIndex:
         path = Path(path)
         if path.exists() and not overwrite:
             raise DataError(f"{path} exists; pass overwrite (`--overwrite`) to replace it, or `rag add` to extend it")
+        # --overwrite replaces an earlier index only, never a directory holding files mmadapt did not write
+        # (dot entries inside an index are its lock and killed writers' temp copies)
+        own = {p.name for p in path.iterdir() if p.name.startswith(".")} if path.is_dir() else set()
+        check_output_dir(path, index_manifest.KIND, overwrite, ignore=own)
         with atomic_directory(path, overwrite=True) as tmp:
             built = cls.create(tmp, config, embedder, final_path=path)
             report = built.add_documents(documents)

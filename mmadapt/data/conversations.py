@@ -15,7 +15,7 @@ from typing import Any, Callable
 from mmadapt.config import DataConfig
 from mmadapt.data.templates import ensure_chat_template, to_messages, tokenize_conversation
 from mmadapt.errors import DataError
-from mmadapt.model import PLACEHOLDERS
+from mmadapt.model import PLACEHOLDERS, with_model_placeholders
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -119,7 +119,7 @@ class ExampleBuilder:
         if not isinstance(turns, list) or not turns:
             raise DataError(f"{where}: missing 'conversations' (a list of {{from, value}} turns)")
         messages = to_messages(turns, where)
-        input_ids, supervised = tokenize_conversation(self.tokenizer, messages)
+        input_ids, supervised = tokenize_conversation(self.tokenizer, with_model_placeholders(self.model, messages))
         labels = [tok if sup else IGNORE_INDEX for tok, sup in zip(input_ids, supervised)]
         media: dict[str, list[Any]] = {}
         for modality, placeholder in PLACEHOLDERS.items():

@@ -43,9 +43,14 @@ def generate_data(data_cfg: DataConfig) -> None:
         generator(tmp, **spec)
 
 
-def load_conversations(path: str, model: Any, data_cfg: DataConfig, stats_prefix: str):
+def load_conversations(source: str | list[str], model: Any, data_cfg: DataConfig, stats_prefix: str):
+    """Conversation (or text) examples from data files / registered datasets in any layout of mmadapt.data.formats
+    (several mixed by data.weights)."""
     from mmadapt.data.conversations import ExampleBuilder
-    from mmadapt.data.records import read_records
+    from mmadapt.data.formats import first_path, read_dataset
+
+    records = read_dataset(source, data_cfg, "text" if data_cfg.format == "text" else "conversation")
+    path = first_path(source)  # media paths are absolute by now: the builders' default root no longer matters
 
     processor = getattr(model, "processor", None)
     if processor is not None:  # an HF vision-language model: its own processor renders and expands images
@@ -54,7 +59,7 @@ def load_conversations(path: str, model: Any, data_cfg: DataConfig, stats_prefix
         builder = ProcessedExampleBuilder(processor, data_cfg, path)
     else:
         builder = ExampleBuilder(model, data_cfg, path)
-    examples = builder.build(read_records(path))
+    examples = builder.build(records)
     return examples, builder.stats.as_metrics(stats_prefix)
 
 
@@ -71,10 +76,21 @@ def load_data(model: Any, data_cfg: DataConfig) -> tuple[list, list | None, Any,
     if getattr(model, "processor", None) is not None and data_cfg.format == "text":
         raise ConfigError("data.format 'text' is for causal LMs; a model.vlm trains on conversations, preference "
                           "or kto data")
+    if data_cfg.retrieval:  # the RA-DIT loader reads one QA file of its own
+        for key in ("train", "eval"):
+            if getattr(data_cfg, key) is not None and not isinstance(getattr(data_cfg, key), str):
+                raise ConfigError(f"data.{key}: one QA file with data.retrieval, got {getattr(data_cfg, key)!r}")
     loader = _load(loader_target)
     train, stats = loader(data_cfg.train, model, data_cfg, "data_train")
     evaluation = None
     if data_cfg.eval:
         evaluation, eval_stats = loader(data_cfg.eval, model, data_cfg, "data_eval")
         stats.update(eval_stats)
+    if data_cfg.packing:
+        if getattr(model, "processor", None) is not None:
+            raise ConfigError("data.packing: an HF vision-language model places its positions itself (M-RoPE, image "
+                              "grids); packing is for model.llm")
+        from mmadapt.data.packing import PackedCollator
+
+        return train, evaluation, PackedCollator(model, data_cfg.max_length), stats
     return train, evaluation, _load(collator_target)(model), stats

@@ -22,10 +22,10 @@ from mmadapt.config import DataConfig
 from mmadapt.data.collator import collate_media, pad
 from mmadapt.data.conversations import (IGNORE_INDEX, DataStats, build_examples, expand_placeholders, media_list,
                                         resolve_media)
-from mmadapt.data.records import read_records
+from mmadapt.data.formats import first_path, read_dataset
 from mmadapt.data.templates import ROLE_MAP, ensure_chat_template, render
 from mmadapt.errors import DataError
-from mmadapt.model import PLACEHOLDERS
+from mmadapt.model import PLACEHOLDERS, with_model_placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class PreferenceTokenizer:
     ) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
         """A record's prompt: (chat messages, token ids with placeholders expanded, {modality: media paths})."""
         messages = prompt_messages(record.get("prompt"), where)
-        ids = self._ids(render(self.tokenizer, messages, add_generation_prompt=True))
+        ids = self._ids(self.render(with_model_placeholders(self.model, messages), add_generation_prompt=True))
         media: dict[str, list[Path]] = {}
         for modality, placeholder in PLACEHOLDERS.items():
             items = media_list(record, modality, where)
@@ -193,11 +193,12 @@ def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> Prefe
 
 
 def read_preference_records(
-    path: str, model: Any, data_cfg: DataConfig, stats_prefix: str
+    path: str | list[str], model: Any, data_cfg: DataConfig, stats_prefix: str
 ) -> tuple[list[PreferenceExample], dict[str, float]]:
-    """Tokenised preference pairs from a .json / .jsonl file and the data statistics (drops, truncations)."""
-    tok = preference_tokenizer(model, data_cfg, path)
-    examples = tok.build(read_records(path), lambda where, record: _pair(tok, where, record))
+    """Tokenised preference pairs from data files / registered datasets (any layout of mmadapt.data.formats, several
+    mixed by data.weights) and the data statistics (drops, truncations)."""
+    tok = preference_tokenizer(model, data_cfg, first_path(path))
+    examples = tok.build(read_dataset(path, data_cfg, "preference"), lambda where, record: _pair(tok, where, record))
     return examples, tok.stats.as_metrics(stats_prefix)
 
 
@@ -227,11 +228,11 @@ def _kl_partner(examples: list[KTOExample], i: int) -> KTOExample:
 
 
 def read_kto_records(
-    path: str, model: Any, data_cfg: DataConfig, stats_prefix: str
+    path: str | list[str], model: Any, data_cfg: DataConfig, stats_prefix: str
 ) -> tuple[list[KTOExample], dict[str, float]]:
     """Tokenised KTO samples; each gets the completion of the next sample with another prompt as its fixed KL row."""
-    tok = preference_tokenizer(model, data_cfg, path)
-    examples = tok.build(read_records(path), lambda where, record: _kto(tok, where, record))
+    tok = preference_tokenizer(model, data_cfg, first_path(path))
+    examples = tok.build(read_dataset(path, data_cfg, "kto"), lambda where, record: _kto(tok, where, record))
     if len(examples) == 1:
         logger.warning("%s: one KTO sample, so its KL row is its own completion", path)
     one_prompt = len({tuple(e.prompt_ids) for e in examples}) == 1

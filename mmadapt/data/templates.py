@@ -8,9 +8,12 @@ silently shift the labels (LLaVA's 'tokenization mismatch').
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from mmadapt.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 # mmadapt's default when a tokenizer has no chat template (documented in the README): ChatML.
 CHATML_TEMPLATE = (
@@ -20,13 +23,14 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+            "tool": "tool"}  # tool: a tool's result (ShareGPT's observation, OpenAI's tool role)
 
 
 def ensure_chat_template(tokenizer: Any, template: str | None = None) -> None:
     """Use `template` if given, keep the tokenizer's own otherwise, and fall back to ChatML."""
     if template is not None:
-        tokenizer.chat_template = template
+        tokenizer.chat_template = chat_template_source(tokenizer, template)
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
 
@@ -40,7 +44,8 @@ def to_messages(turns: list[dict[str, Any]], where: str) -> list[dict[str, str]]
         role = turn.get("from", turn.get("role"))
         content = turn.get("value", turn.get("content"))
         if role not in ROLE_MAP:
-            raise DataError(f"{where}: conversations[{i}] has role {role!r}; valid: human, gpt (or user, assistant, system)")
+            raise DataError(f"{where}: conversations[{i}] has role {role!r}; "
+                            "valid: human, gpt (or user, assistant, system, tool)")
         if not isinstance(content, str):
             raise DataError(f"{where}: conversations[{i}] has no text 'value'")
         messages.append({"role": ROLE_MAP[role], "content": content})
@@ -68,10 +73,8 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
         prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
         upto = render(tokenizer, messages[: i + 1])
         if not text.startswith(upto) or not upto.startswith(prompt):
-            raise DataError(
-                "the chat template does not render conversations prefix-consistently; "
-                "set data.chat_template to a template that does"
-            )
+            # The template rewrites history (Qwen3 drops <think>, Phi-3 ends with eos): find replies turn by turn.
+            return text, turn_by_turn_spans(tokenizer, messages, text)
         end = len(upto.rstrip("\n")) if upto.endswith("\n") else len(upto)
         spans.append((len(prompt), end))
     return text, spans
@@ -85,3 +88,62 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tup
         any(start <= s and e <= end and e > s for start, end in spans) for s, e in encoded["offset_mapping"]
     ]
     return list(encoded["input_ids"]), supervised
+
+
+def chat_template_source(tokenizer: Any, value: str) -> str:
+    """`data.chat_template` (a name, tokenizer directory, .jinja file or Jinja) as Jinja source; a named template whose
+    markers are not tokens of this tokenizer is a warning (they are split into pieces: add them as special tokens)."""
+    from mmadapt.data.chat_templates import missing_markers, resolve_chat_template
+
+    source = resolve_chat_template(value)
+    missing = missing_markers(tokenizer, value)
+    if missing:
+        logger.warning("data.chat_template %r: %s not single tokens of this tokenizer; they will be split into pieces "
+                       "(add them as special tokens, or use the template the tokenizer was trained with)", value,
+                       ", ".join(missing) + (" is" if len(missing) == 1 else " are"))
+    return source
+
+
+def _reply(tokenizer: Any, messages: list[dict[str, str]], i: int, where: str) -> str:
+    """Assistant turn i as the template writes it when it is the newest turn: text after the generation prompt."""
+    prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
+    upto = render(tokenizer, messages[: i + 1])
+    if not upto.startswith(prompt):
+        raise DataError(f"{where}: the chat template renders assistant turn {i} not as a continuation of its prompt "
+                        "(generation prompt + reply); set data.chat_template to a template that does")
+    return upto[len(prompt):]
+
+
+def turn_by_turn_spans(tokenizer: Any, messages: list[dict[str, str]], text: str,
+                       where: str = "conversation") -> list[tuple[int, int]]:
+    """Reply spans in `text` (the whole conversation rendered) for templates that render a reply differently once it
+    is history. Each reply is rendered as the newest turn; where `text` holds it verbatim (after the previous one)
+    the whole of it is supervised, else its content plus the end-of-turn marker the template puts after it, as the
+    history holds them. A reply found in neither form is an error, never a guessed mask."""
+    spans, cursor = [], 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":  # skip past it, so a reply is never found inside a user turn
+            found = text.find(message["content"].strip(), cursor) if message["content"].strip() else -1
+            cursor = found + len(message["content"].strip()) if found >= 0 else cursor
+            continue
+        reply = _reply(tokenizer, messages, i, where)
+        reply = reply[:-1] if reply.endswith("\n") else reply  # the newline after the marker opens the next turn
+        start = text.find(reply, cursor)
+        if start >= 0:
+            spans.append((start, start + len(reply)))
+            cursor = start + len(reply)
+            continue
+        core = message["content"].split("</think>")[-1].strip()
+        start = text.find(core, cursor) if core else -1
+        if start < 0:
+            raise DataError(f"{where}: the chat template rewrites assistant turn {i} in the history so that its text "
+                            "cannot be found; set data.chat_template to a template that keeps replies verbatim")
+        end = start + len(core)
+        marker = reply[reply.rfind(core) + len(core):] if core in reply else ""
+        shared = 0  # as much of the marker as the history keeps (Phi-3: "<|end|>" but not the final eos)
+        while shared < len(marker) and end + shared < len(text) and text[end + shared] == marker[shared]:
+            shared += 1
+        end += len(marker[:shared].rstrip("\n"))
+        spans.append((start, end))
+        cursor = end
+    return spans

@@ -81,7 +81,7 @@ class HFVisionLM(nn.Module):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_config(cls, config: ModelConfig, is_trainable: bool = True) -> "HFVisionLM":
+    def from_config(cls, config: ModelConfig, is_trainable: bool = True, merge_adapter: bool | None = None) -> "HFVisionLM":
         """Load `model.vlm` (or the `init_from` checkpoint of an earlier stage), its processor and adapter."""
         cfg = config.vlm
         assert cfg is not None
@@ -98,7 +98,7 @@ class HFVisionLM(nn.Module):
             from peft import PeftModel
 
             hf = PeftModel.from_pretrained(hf, str(adapter), is_trainable=is_trainable)
-            if cfg.merge_adapter or config.init_from:
+            if merge_adapter if merge_adapter is not None else (cfg.merge_adapter or config.init_from):
                 hf = hf.merge_and_unload()  # a new stage trains on top of the previous stage's result
                 logger.info("merged the adapter %s into the weights", adapter)
         return cls(hf, processor, config, family)
@@ -108,11 +108,14 @@ class HFVisionLM(nn.Module):
                         trust_remote_code: bool = False) -> "HFVisionLM":
         from mmadapt.model import untrusted_yaml
 
+        from mmadapt.lineage import check_complete
+
         directory = Path(directory)
+        check_complete(directory, kind="loading")  # a half-replaced or tampered output is refused, not loaded
         raw = untrusted_yaml(directory / MODEL_CONFIG_FILE, trust_remote_code)  # the yaml never enables remote code
         config = from_dict(ModelConfig, raw, path=str(directory / MODEL_CONFIG_FILE))
         config.init_from = str(directory)
-        model = cls.from_config(config, is_trainable=is_trainable)
+        model = cls.from_config(config, is_trainable=is_trainable, merge_adapter=False)  # an adapter stays one
         model.model_config.init_from = None
         return model
 
@@ -215,22 +218,11 @@ class HFVisionLM(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, atomic: bool = True, manifest: dict[str, Any] | None = None) -> Path:
-        """The family's own layout (config.json, safetensors, processor files), or a peft adapter with a LoRA model."""
-        from mmadapt.io import atomic_directory
-        from mmadapt.lineage import write_manifest
+        """The family's own layout (config.json, safetensors, processor files), or a peft adapter with a LoRA model,
+        and the manifest loading checks."""
+        from mmadapt.lineage import save_model_dir
 
-        directory = Path(directory)
-        if atomic:
-            with atomic_directory(directory) as tmp:
-                self._write(tmp)
-                if manifest is not None:
-                    write_manifest(tmp, final_path=directory, **manifest)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._write(directory)
-            if manifest is not None:
-                write_manifest(directory, **manifest)
-        return directory
+        return save_model_dir(directory, self._write, atomic, manifest)
 
     def _write(self, directory: Path) -> None:
         from peft import PeftModel

@@ -201,6 +201,10 @@ def merge_adapters(model: Any) -> None:
     """Fold every adapter (LLM and encoders) into the weights, leaving a plain model."""
     from peft import PeftModel
 
+    if hasattr(model, "merge_adapters"):  # an HF vision-language model folds its own
+        model.merge_adapters()
+        return
+
     if isinstance(model.llm, PeftModel):
         model.llm = model.llm.merge_and_unload()
     for encoder in model.encoders.values():
@@ -221,8 +225,10 @@ def save_peft_llm(llm: Any, llm_dir: str | Path, adapter_dir: str | Path) -> Non
     llm.save_pretrained(str(adapter_dir), safe_serialization=True, save_embedding_layers=False)
 
 
-def export(model_dir: str | Path, out: str | Path, merge: bool = True) -> Path:
-    """Write a standalone copy of an mmadapt checkpoint, adapters merged when `merge` (lineage: parent = model_dir)."""
+def export(model_dir: str | Path, out: str | Path, merge: bool = True, overwrite: bool = False) -> Path:
+    """Write a standalone copy of an mmadapt checkpoint, adapters merged when `merge` (lineage: parent = model_dir).
+    An existing `out` is replaced only if it is an earlier export and `overwrite` is set."""
+    from mmadapt.io import check_output_dir
     from mmadapt.model import MODEL_CONFIG_FILE, MultimodalLM
 
     model_dir, out = Path(model_dir), Path(out)
@@ -230,6 +236,7 @@ def export(model_dir: str | Path, out: str | Path, merge: bool = True) -> Path:
         raise ConfigError(f"--model {model_dir}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
     if out.resolve() == model_dir.resolve():
         raise ConfigError(f"--out {out}: must differ from --model")
+    check_output_dir(out, "export", overwrite)
     model = MultimodalLM.from_pretrained(model_dir)
     had_adapters = has_adapters(model)
     if merge:
@@ -242,7 +249,13 @@ def export(model_dir: str | Path, out: str | Path, merge: bool = True) -> Path:
 
 
 def export_cli(args: argparse.Namespace) -> int:
-    out = export(args.model, args.out, merge=args.merge_adapters)
+    if args.format == "hf":  # transformers' own layout (adapters always folded); LLaVA for composed models
+        from mmadapt.hf.export import export_hf
+
+        out = export_hf(args.model, args.out, overwrite=args.overwrite)
+        print(f"exported {args.model} -> {out} (Hugging Face format)")
+        return 0
+    out = export(args.model, args.out, merge=args.merge_adapters, overwrite=args.overwrite)
     print(f"exported {args.model} -> {out}" + (" with adapters merged" if args.merge_adapters else ""))
     return 0
 
@@ -253,4 +266,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (written atomically, with manifest.json)")
     p.add_argument("--merge-adapters", action="store_true",
                    help="fold LoRA/DoRA adapters into the weights (a plain HF LLM in OUT/llm)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier export")
+    p.add_argument("--format", choices=("mmadapt", "hf"), default="mmadapt",
+                   help="mmadapt: the mmadapt layout; hf: a directory transformers' AutoModelForImageTextToText and "
+                        "AutoProcessor load (an HF VLM checkpoint in its own format; a composed model as LLaVA)")
     p.set_defaults(func=export_cli)

@@ -3,6 +3,11 @@
 Output directory of a stage: the model (mmadapt_model.yaml, llm/, multimodal.safetensors),
 config.yaml as resolved, metrics.json, log.jsonl, loss.png, manifest.json (written last: its
 presence marks a complete run), and checkpoints/checkpoint-N for --resume.
+
+One writer at a time (a lock beside the directory). While a run trains, only checkpoints/ (with the
+run's log.jsonl) changes; the finished output is assembled beside the directory and replaces it in
+one rename, so a run killed at any point leaves the previous output whole. An existing output is
+replaced only with --overwrite, and never when it holds files mmadapt did not write.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import contextlib
 import logging
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -20,22 +26,35 @@ import torch
 
 from mmadapt import registry
 from mmadapt.config import RunConfig, dump, load_run, stage_configs, to_dict
-from mmadapt.errors import ConfigError
-from mmadapt.io import atomic_write_json
+from mmadapt.errors import ConfigError, DataError
+from mmadapt.io import atomic_directory, atomic_write_json, check_output_dir, clean_stale, writer_lock
 
 logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
+RUN_LOG = "log.jsonl"  # in checkpoints/ while the run trains, at the top of the finished output
+# What a stage writes (encoders/: files an encoder's reload_spec saves); an earlier output predating
+# manifest `outputs` may hold these and nothing else to be replaced.
+TRAINING_LAYOUT = {"mmadapt_model.yaml", "llm", "llm_adapter", "multimodal.safetensors", "encoders", "config.yaml",
+                   "metrics.json", RUN_LOG, "loss.png", CHECKPOINTS}
 
 
-def train(config: RunConfig, resume: bool = False, callbacks: list | None = None) -> dict[str, float]:
+def train(config: RunConfig, resume: bool = False, callbacks: list | None = None,
+          overwrite: bool = False) -> dict[str, float]:
     """Run every stage in order (stage k starts from stage k-1's weights); return the last stage's metrics
-    plus every stage's metrics prefixed by its name."""
+    plus every stage's metrics prefixed by its name. `overwrite`: replace earlier training outputs."""
     stages = stage_configs(config)
+    if len(stages) > 1:
+        check_stages_root(Path(config.output_dir), [name for name, _ in stages], resume, overwrite,
+                          inputs_inside(config, Path(config.output_dir)))
     previous: Path | None = None
     summary: dict[str, float] = {}
     metrics: dict[str, float] = {}
-    for name, stage in stages:
-        if previous is not None and stage.model.init_from is None:
+    for i, (name, stage) in enumerate(stages):
+        # Stage k starts from stage k-1 unless the stage itself names another checkpoint (a run-level init_from
+        # starts the first stage only).
+        own_start = isinstance(config.stages[i].get("model") if config.stages else None, dict) and \
+            "init_from" in config.stages[i]["model"]
+        if previous is not None and not own_start:
             stage.model.init_from = str(previous)
         out = Path(stage.output_dir)
         if resume and name and (out / "manifest.json").is_file() and (out / "metrics.json").is_file():
@@ -46,7 +65,7 @@ def train(config: RunConfig, resume: bool = False, callbacks: list | None = None
         else:
             if name:
                 logger.info("=== stage %s -> %s", name, out)
-            metrics = train_stage(stage, resume=resume, callbacks=callbacks, stage=name)
+            metrics = train_stage(stage, resume=resume, callbacks=callbacks, stage=name, overwrite=overwrite)
         summary.update({f"{name}/{k}" if name else k: v for k, v in metrics.items()})
         previous = out
     if len(stages) > 1:
@@ -106,24 +125,86 @@ def build_objective(config: RunConfig) -> Any:
     return objective
 
 
-def prepare_output(out: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None: fresh). A partial run is never silently overwritten."""
+def inputs_inside(config: RunConfig, out: Path) -> set[str]:
+    """Top-level names under `out` of the run's own inputs (data files, generated data, feature cache, media):
+    a config may keep them inside output_dir; they are the user's, kept in place by every write."""
+    data = config.data
+    paths = [*(data.train if isinstance(data.train, list) else [data.train]),
+             *(data.eval if isinstance(data.eval, list) else [data.eval]),
+             data.media_root, data.feature_cache, data.dataset_info, (data.generate or {}).get("out")]
+    root, names = out.resolve(), set()
+    for path in paths:
+        if isinstance(path, str) and path:
+            resolved = Path(path).resolve()
+            if root in resolved.parents:
+                names.add(resolved.relative_to(root).parts[0])
+    return names
+
+
+def check_stages_root(root: Path, names: list[str], resume: bool, overwrite: bool, keep: set[str]) -> None:
+    """A multi-stage output_dir holds its stage folders, config.yaml, metrics.json, the run's own inputs (`keep`)
+    and our dot files, nothing else."""
+    if not root.is_dir():
+        return
+    entries = sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.name not in keep)
+    foreign = [e for e in entries if e not in {*names, "config.yaml", "metrics.json"}]
+    if foreign:
+        raise ConfigError(f"output_dir {root}: holds {', '.join(foreign[:5])}, which mmadapt did not write (stages: "
+                          f"{', '.join(names)}); mmadapt never deletes what it did not write: choose a new output_dir")
+    if entries and not (resume or overwrite):
+        raise ConfigError(f"output_dir {root}: holds an earlier run ({', '.join(entries)}); pass --overwrite to "
+                          "replace it, --resume to continue it, or choose a new output_dir")
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool = False, keep: frozenset[str] = frozenset()) -> Path | None:
+    """The checkpoint to resume from (None: fresh). Refuses, before any work: a partial run without --resume,
+    an earlier output without --overwrite, and a directory holding files mmadapt did not write (other than the
+    run's own inputs, `keep`, which stay)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    clean_stale(out)  # a killed run's half-published copy (and a parked previous output put back first)
     checkpoints = out / CHECKPOINTS
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    finished = (out / "manifest.json").is_file()
+    if resume and last is not None:
+        _refuse_foreign(out, keep)
+        return Path(last)
     if resume:
-        if last is None:
-            logger.warning("--resume: no checkpoint in %s; starting from the beginning", checkpoints)
-        return Path(last) if last else None
-    if last is not None and not (out / "manifest.json").is_file():
+        logger.warning("--resume: no checkpoint in %s; starting from the beginning", checkpoints)
+    if last is not None and not finished:
         raise ConfigError(f"{out} holds an interrupted run ({last}); continue it with --resume, "
                           "or choose another output_dir")
-    if checkpoints.is_dir():
-        shutil.rmtree(checkpoints)
-    for stale in ("log.jsonl",):
-        (out / stale).unlink(missing_ok=True)
+    if (not finished and checkpoints.is_dir() and {p.name for p in out.iterdir()} <= {CHECKPOINTS, *keep}
+            and all(p.name == RUN_LOG or p.name.startswith(".") for p in checkpoints.iterdir())):
+        shutil.rmtree(checkpoints)  # a run killed before its first checkpoint left only its log: start again
+    # checkpoints/ of a finished output is its run state (a killed re-run's too): replaced with it
+    check_output_dir(out, "training", overwrite, what="output_dir", layout=TRAINING_LAYOUT,
+                     ignore={*keep, *([CHECKPOINTS] if finished else [])})
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return None
+
+
+def _foreign(out: Path, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Files in `out` that no mmadapt training wrote: not among a finished output's recorded `outputs`, or (no
+    manifest: an interrupted run) anything but its checkpoints/ and log; the run's inputs (`keep`) aside."""
+    from mmadapt.lineage import read_manifest
+
+    if not out.is_dir():
+        return []
+    manifest = read_manifest(out)
+    files = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in keep]
+    if manifest is not None and isinstance(manifest.get("outputs"), list):
+        ours = set(map(str, manifest["outputs"])) | {"manifest.json"}
+        return sorted(f for f in files if f not in ours and Path(f).parts[0] != CHECKPOINTS)
+    allowed = TRAINING_LAYOUT if manifest is not None else {CHECKPOINTS, RUN_LOG}
+    return sorted(f for f in files if Path(f).parts[0] not in allowed and f != "manifest.json")
+
+
+def _refuse_foreign(out: Path, keep: frozenset[str]) -> None:
+    foreign = _foreign(out, keep)
+    if foreign:
+        raise ConfigError(f"output_dir {out}: holds files mmadapt did not write ({', '.join(foreign[:5])}); the "
+                          "finished run replaces the directory: move them away or choose another output_dir")
 
 
 @contextlib.contextmanager
@@ -140,12 +221,16 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def train_stage(config: RunConfig, resume: bool = False, callbacks: list | None = None, stage: str = "") -> dict[str, float]:
-    with torch_threads(config.training.threads):
-        return _train_stage(config, resume, callbacks, stage)
+def train_stage(config: RunConfig, resume: bool = False, callbacks: list | None = None, stage: str = "",
+                overwrite: bool = False) -> dict[str, float]:
+    # one writer per output_dir; under `accelerate launch` only rank 0 writes it (and takes the lock)
+    main_process = os.environ.get("RANK", "0") == "0"
+    with writer_lock(config.output_dir) if main_process else contextlib.nullcontext():
+        with torch_threads(config.training.threads):
+            return _train_stage(config, resume, callbacks, stage, overwrite)
 
 
-def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage: str) -> dict[str, float]:
+def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage: str, overwrite: bool) -> dict[str, float]:
     from transformers import set_seed
 
     from mmadapt.data.loading import generate_data, load_data
@@ -154,8 +239,8 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
     from mmadapt.train.trainer import JsonlLogger, MMTrainer
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resume_from = prepare_output(out, resume)
+    keep = frozenset(inputs_inside(config, out))
+    resume_from = prepare_output(out, resume, overwrite, keep)
     if config.data.generate:
         generate_data(config.data)  # before the model: a generated dataset may carry its tokenizer
     set_seed(config.seed)
@@ -184,10 +269,14 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
         data_collator=collator,
         objective=objective,
         module_lr=config.training.module_lr,
-        callbacks=[JsonlLogger(out / "log.jsonl"), *(callbacks or [])],
+        callbacks=[JsonlLogger(out / CHECKPOINTS / RUN_LOG), *(callbacks or [])],
     )
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except pickle.UnpicklingError as e:  # optimizer/scheduler/RNG state: torch.load(weights_only=True) refused it
+        raise DataError(f"{resume_from}: a resume-state file holds more than tensors and plain values, so it is "
+                        f"refused (torch.load(weights_only=True)): {str(e)[:300]}") from None
     seconds = time.perf_counter() - start
     tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     metrics: dict[str, float] = {
@@ -199,13 +288,16 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
         **data_stats,
     }
     last_train = [h for h in trainer.state.log_history if "loss" in h]
+    # The objective's own metrics from the last logged step; the Trainer's bookkeeping (its token count and
+    # throughput at that step) would be a second, different number under a second name, so it is left out.
+    bookkeeping = ("loss", "step", "epoch", "learning_rate", "grad_norm", "num_input_tokens_seen", "total_flos")
     for key, value in (last_train[-1] if last_train else {}).items():
-        if key not in ("loss", "step", "epoch", "learning_rate", "grad_norm") and isinstance(value, (int, float)):
+        if key not in bookkeeping and not key.startswith("train_") and isinstance(value, (int, float)):
             metrics[f"train_{key}"] = float(value)
     if eval_data is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     if trainer.args.should_save:
-        save_outputs(trainer, model, config, out, metrics, stage)
+        save_outputs(trainer, model, config, out, metrics, stage, keep)
     return metrics
 
 
@@ -225,43 +317,58 @@ def attach_feature_caches(model: Any, directory: str, examples: list) -> None:
         model.feature_caches[modality] = cache
 
 
-def save_outputs(trainer: Any, model: Any, config: RunConfig, out: Path, metrics: dict[str, float], stage: str) -> None:
-    """Model files first (each renamed into place), then config, metrics, plot, and manifest last."""
-    from mmadapt.lineage import MANIFEST, write_manifest
-    from mmadapt.model import ADAPTER_DIR
+def save_outputs(trainer: Any, model: Any, config: RunConfig, out: Path, metrics: dict[str, float], stage: str,
+                 keep: frozenset[str] = frozenset()) -> None:
+    """Assemble the finished output beside `out` (model, config, metrics, log, plot, checkpoints, manifest last)
+    and replace `out` with it in one rename: killed at any point, `out` holds the previous output whole.
+    The run's inputs kept inside `out` (`keep`) move along as hard links (copies across filesystems)."""
+    from mmadapt.lineage import write_manifest
     from mmadapt.train.plots import plot_loss
 
-    (out / MANIFEST).unlink(missing_ok=True)  # until the new manifest lands, the directory is "in progress"
-    staging = out / ".staging-model"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, atomic=False)
-    if not (staging / ADAPTER_DIR).exists():
-        shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
-    for entry in sorted(staging.iterdir()):
-        target = out / entry.name
-        if target.is_dir() and entry.is_dir():
-            old = out / f".old-{entry.name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(entry, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(entry, target)
-    shutil.rmtree(staging, ignore_errors=True)
-    dump(config, out / "config.yaml")
-    atomic_write_json(out / "metrics.json", metrics)
-    plot_loss(out / "log.jsonl", out / "loss.png", title=f"{stage or out.name}: loss")
-    base = config.model.vlm.name_or_path if config.model.vlm else config.model.llm.name_or_path
-    inputs = [p for p in (config.model.init_from, base) if p]
-    write_manifest(out, kind="training" + (f":{stage}" if stage else ""), config=to_dict(config), inputs=inputs,
-                   extra={"metrics": metrics, "objective": config.objective.get("name")})
+    run_dir = out / CHECKPOINTS
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp, atomic=False)
+        dump(config, tmp / "config.yaml")
+        atomic_write_json(tmp / "metrics.json", metrics)
+        if run_dir.is_dir():
+            # hard links: instant and no extra space; the run's own files stay in place until the rename
+            shutil.copytree(run_dir, tmp / CHECKPOINTS, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns(".*"))
+            log = tmp / CHECKPOINTS / RUN_LOG
+            if log.is_file():
+                os.replace(log, tmp / RUN_LOG)
+            if not any((tmp / CHECKPOINTS).iterdir()):
+                (tmp / CHECKPOINTS).rmdir()
+        plot_loss(tmp / RUN_LOG, tmp / "loss.png", title=f"{stage or out.name}: loss")
+        base = (config.model.vlm.name_or_path if config.model.vlm
+                else config.model.llm.name_or_path if config.model.llm else None)
+        inputs = [p for p in (config.model.init_from, base) if p]
+        write_manifest(tmp, kind="training" + (f":{stage}" if stage else ""), config=to_dict(config), inputs=inputs,
+                       extra={"metrics": metrics, "objective": config.objective.get("name")}, final_path=out)
+        for name in sorted(keep):  # the user's inputs: carried over, not recorded as outputs
+            source = out / name
+            if source.is_dir():
+                shutil.copytree(source, tmp / name, copy_function=_link_or_copy, symlinks=True)
+            elif source.exists():
+                _link_or_copy(str(source), str(tmp / name))
+        for rel in _foreign(out, keep):  # appeared during the run: kept (never ours to delete), not recorded
+            logger.warning("%s: %s was not written by mmadapt; kept in the new output", out, rel)
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(str(out / rel), str(tmp / rel))
     logger.info("saved %s (loss curve: %s)", out, out / "loss.png")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links unsupported
+        shutil.copy2(src, dst)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     config = load_run(args.config, args.set)
     try:
-        metrics = train(config, resume=args.resume)
+        metrics = train(config, resume=args.resume, overwrite=args.overwrite)
         end_process_group(wait=True)
     finally:
         end_process_group(wait=False)  # after an error: close without waiting for ranks that may be gone
@@ -297,4 +404,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.lr=1e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output_dir if it holds an earlier training output (never files mmadapt did not write)")
     p.set_defaults(func=run_cli)

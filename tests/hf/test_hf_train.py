@@ -228,3 +228,17 @@ def test_the_example_config_is_valid():
 
     config = load_run(Path(__file__).resolve().parents[2] / "examples" / "hf_vlm_lora.yaml")
     assert config.model.vlm.name_or_path == "llava-hf/llava-1.5-7b-hf" and config.peft.r == 16
+
+
+def test_a_tampered_hf_vlm_output_is_refused(llava_dir, colour_data, tmp_path):
+    from mmadapt.errors import DataError
+    from mmadapt.factory import load_model
+    from mmadapt.train.run import train
+
+    train(load_run(run_config(llava_dir, colour_data, tmp_path / "out")))
+    load_model(tmp_path / "out")
+    with open(tmp_path / "out" / "model.safetensors", "r+b") as f:  # same size, other bytes
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(DataError, match="SHA-256 differs"):
+        load_model(tmp_path / "out")
