@@ -13,7 +13,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -191,6 +190,3 @@ class StatsCache:
                 result[module] = self._memory[key] = mom2
                 self.computed += 1
         return result
-
-    def describe(self) -> dict[str, Any]:
-        return {"cache_dir": str(self.directory), "computed": self.computed, "loaded": self.loaded}

@@ -151,8 +151,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type | None = None) -> dict[str, Any]:
-    """Apply `--set` overrides to raw config data (checked against `schema` afterwards by from_dict)."""
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set` overrides to raw config data (validated afterwards by from_dict)."""
     for text in overrides:
         keys, value = parse_override(text)
         node: Any = data

@@ -202,10 +202,6 @@ def slerp_merge(base: torch.Tensor | None, tensors: Sequence[torch.Tensor], para
     return (torch.sin((1 - t) * theta) / sin_theta) * a + (torch.sin(t * theta) / sin_theta) * b
 
 
-MODEL_PARAMS = ("weight", "density")  # per model (and per tensor-name filter)
-GLOBAL_PARAMS = ("scaling", "normalize", "rescale", "t")
-
-
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered method: `merge(base, tensors, params)` plus what the run validates up front."""
