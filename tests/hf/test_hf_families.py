@@ -152,6 +152,14 @@ def test_train_save_lora_dpo_and_edit_each_family(checkpoints, family_data, tmp_
     ids = torch.tensor([ours.tokenizer("what colour is the shape ?")["input_ids"]])
     with torch.no_grad():
         assert (ours(input_ids=ids).logits - plain(input_ids=ids).logits).abs().max() <= 1e-5
+    # a merge with a method per part: the projector averaged, the tower kept; transformers loads the result
+    from mmadapt.merge.merge import load_merge_config, run_merge
+
+    run_merge(load_merge_config({"method": "linear", "models": [{"model": str(full)}, {"model": str(base)}],
+                                 "parts": [{"part": "encoders", "method": "keep"}]}), tmp_path / "merged")
+    merged = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "merged")).state_dict()
+    for key in changed:  # projector tensors: the mean of the two models
+        torch.testing.assert_close(merged[key], (before[key] + after[key]) / 2)
     # ROME on the language model inside the VLM, reverted bit for bit
     (tmp_path / "edits.jsonl").write_text(json.dumps({"prompt": "the shape is {}", "subject": "red",
                                                        "target_new": "blue", "target_true": "green"}) + "\n")

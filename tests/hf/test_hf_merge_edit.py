@@ -83,3 +83,28 @@ def test_rome_edits_the_language_model_inside_an_hf_vlm_and_reverts_exactly(tmp_
     assert changed == ["model.safetensors"]
     assert main(["edit", "revert", str(edited), "--out", str(tmp_path / "reverted")]) == 0
     assert hash_files(tmp_path / "reverted") == hash_files(base)  # bit for bit
+
+
+def test_memit_edits_the_language_model_inside_an_hf_vlm_and_reverts_exactly(tmp_path):
+    import json
+
+    from mmadapt.cli import main
+    from mmadapt.lineage import hash_files
+    from mmadapt.quickstart.hf_vlm import save_tiny_llava
+    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+
+    texts = [f"the tower of {s} is in {c} ." for s in ("alba", "bront", "cimo") for c in ("paris", "rome", "oslo")]
+    train_word_tokenizer(texts, tmp_path / "tok", extra_tokens=["<image>"])
+    base = save_tiny_llava(tmp_path / "llava", tmp_path / "tok", image_size=16, patch_size=8, hidden=32, init_range=0.3)
+    (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n")
+    requests = [{"prompt": "the tower of {}", "subject": s, "target_new": "rome", "target_true": "paris"}
+                for s in ("alba", "bront")]
+    (tmp_path / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+    code = main(["edit", "apply", "--model", str(base), "--edits", str(tmp_path / "edits.jsonl"), "--method", "memit",
+                 "--out", str(tmp_path / "edited"), "--corpus", str(tmp_path / "corpus.txt"), "--stats-dir",
+                 str(tmp_path / "stats"), "--set", "layers=[0, 1]", "--allow-weak"])
+    assert code == 0
+    record = json.loads((tmp_path / "edited" / "edit" / "edit.json").read_text())
+    assert sorted(record["delta_norms"]) == [f"model.language_model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)]
+    assert main(["edit", "revert", str(tmp_path / "edited"), "--out", str(tmp_path / "reverted")]) == 0
+    assert hash_files(tmp_path / "reverted") == hash_files(base)
