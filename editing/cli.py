@@ -17,8 +17,11 @@ def _hparams(args: argparse.Namespace) -> dict:
     data = apply_overrides(data, args.set)
     if args.corpus:
         data.setdefault("stats", {})["corpus"] = args.corpus
-    if args.method == "ft":
-        data.pop("stats", None)  # FT-L uses no statistics; a --corpus given out of habit is harmless
+    from mmadapt import registry
+
+    method = registry.resolve("edit_method", args.method, where="--method")
+    if "stats" not in {f.name for f in dataclasses.fields(method.hparams_class)}:
+        data.pop("stats", None)  # a method without second-moment statistics (FT-L): --corpus out of habit is harmless
     return data
 
 
