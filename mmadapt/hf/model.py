@@ -84,7 +84,8 @@ class HFVisionLM(nn.Module):
     def from_config(cls, config: ModelConfig, is_trainable: bool = True, merge_adapter: bool | None = None) -> "HFVisionLM":
         """Load `model.vlm` (or the `init_from` checkpoint of an earlier stage), its processor and adapter."""
         cfg = config.vlm
-        assert cfg is not None
+        if cfg is None:
+            raise ConfigError("HFVisionLM needs model.vlm (a Hugging Face vision-language checkpoint)")
         source, adapter = cfg.name_or_path, cfg.adapter
         if config.init_from:
             source, adapter = _checkpoint_sources(Path(config.init_from))
@@ -106,9 +107,8 @@ class HFVisionLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, is_trainable: bool = False,
                         trust_remote_code: bool = False) -> "HFVisionLM":
-        from mmadapt.model import untrusted_yaml
-
         from mmadapt.lineage import check_complete
+        from mmadapt.model import untrusted_yaml
 
         directory = Path(directory)
         check_complete(directory, kind="loading")  # a half-replaced or tampered output is refused, not loaded
@@ -229,8 +229,7 @@ class HFVisionLM(nn.Module):
 
         from mmadapt.io import atomic_write_text
 
-        vlm = self.model_config.vlm
-        assert vlm is not None
+        vlm = self.model_config.vlm  # set: from_config requires it
         saved = VLMConfig(name_or_path=".", dtype=vlm.dtype, attn_implementation=vlm.attn_implementation)
         if isinstance(self.hf, PeftModel):
             # peft records the base as it was named when loaded (maybe relative to the working directory);
