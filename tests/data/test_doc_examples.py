@@ -28,3 +28,9 @@ def test_edit_hparams_examples_load():
     assert from_dict(RomeHParams, read_yaml(EXAMPLES / "edit_rome.yaml")).layer == 17
     memit = from_dict(MemitHParams, read_yaml(EXAMPLES / "edit_memit.yaml"))
     assert memit.layers is None and memit == MemitHParams(stats=memit.stats) and memit.stats.corpus == "corpus.txt"
+
+
+def test_ft_hparams_example_documents_the_defaults():
+    from mmadapt.editing.ft import FTHParams
+
+    assert from_dict(FTHParams, read_yaml(EXAMPLES / "edit_ft.yaml")) == FTHParams()
