@@ -5,8 +5,8 @@
 
 A Llama-shaped model with random weights is saved once (a plain HF directory with a word-level
 tokenizer and a ChatML template); both trainers fine-tune all of it with a frozen reference copy,
-on the same conversational pairs. Each runs in its own process; printed: steps/s, the final
-training loss, and the ratio mmadapt / TRL (> 1: mmadapt is faster).
+on the same conversational pairs, gradient checkpointing off on both sides (TRL's default is on). Each runs in
+its own process; printed: steps/s, the final training loss, and the ratio mmadapt / TRL (> 1: mmadapt is faster).
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
     config = DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
                        learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, beta=0.1, max_length=512,
                        logging_steps=args.steps, save_strategy="no", report_to="none", seed=0,
-                       use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False, dataloader_num_workers=0)
+                       use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False, dataloader_num_workers=0,
+                       # TRL turns gradient checkpointing on by default; mmadapt's run has it off: like with like
+                       gradient_checkpointing=False)
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
     return {"steps_per_second": result.global_step / result.metrics["train_runtime"], "loss": result.training_loss}
