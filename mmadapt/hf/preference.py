@@ -12,9 +12,8 @@ from typing import Any
 from mmadapt.config import DataConfig
 from mmadapt.data.conversations import DataStats
 from mmadapt.data.preference import PreferenceTokenizer, prompt_messages
-from mmadapt.errors import DataError
 from mmadapt.hf.processing import (add_special_tokens_for, load_image, process_images, record_images,
-                                   to_hf_messages)
+                                   to_hf_messages, use_chat_template)
 
 
 class ProcessedPreferenceTokenizer(PreferenceTokenizer):
@@ -26,10 +25,7 @@ class ProcessedPreferenceTokenizer(PreferenceTokenizer):
         self.tokenizer = processor.tokenizer
         self.cfg = data_cfg
         self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
-        if data_cfg.chat_template is not None:
-            processor.chat_template = data_cfg.chat_template
-        if not getattr(processor, "chat_template", None):
-            raise DataError(f"{type(processor).__name__} has no chat_template; set data.chat_template")
+        use_chat_template(processor, data_cfg)
         self.modalities = ["image"]
         self.stats = DataStats()
 

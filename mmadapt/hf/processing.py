@@ -127,6 +127,22 @@ def align_labels(plain_ids: list[int], labels: list[int], expanded: list[int], i
     return out
 
 
+def use_chat_template(processor: Any, data_cfg: DataConfig) -> None:
+    """The processor's own chat template, or `data.chat_template` (a tokenizer/processor directory, a .jinja file or
+    Jinja source). The named text-only templates do not place image parts, so a name is refused for a model.vlm."""
+    from mmadapt.data.chat_templates import NAMED_TEMPLATES, resolve_chat_template
+
+    value = data_cfg.chat_template
+    if value is not None:
+        if value in NAMED_TEMPLATES:
+            raise DataError(f"data.chat_template: {value!r} is a text-only template; a model.vlm renders images with "
+                            "its processor's template (leave data.chat_template unset), a directory, a .jinja file or "
+                            "Jinja source that writes the image parts")
+        processor.chat_template = resolve_chat_template(value)
+    if not getattr(processor, "chat_template", None):
+        raise DataError(f"{type(processor).__name__} has no chat_template; set data.chat_template")
+
+
 def record_images(record: dict[str, Any], messages: list[dict[str, str]], root: Path, where: str) -> list[Path]:
     """A record's image files, checked: one per <image> marker in `messages`, present on disk; no audio or video."""
     for modality in ("audio", "video"):
@@ -148,10 +164,7 @@ class ProcessedExampleBuilder:
         self.tokenizer = processor.tokenizer
         self.cfg = data_cfg
         self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
-        if data_cfg.chat_template is not None:
-            processor.chat_template = data_cfg.chat_template
-        if not getattr(processor, "chat_template", None):
-            raise DataError(f"{type(processor).__name__} has no chat_template; set data.chat_template")
+        use_chat_template(processor, data_cfg)
         self.image_id = self.tokenizer.convert_tokens_to_ids(_image_token(processor))
         self.stats = DataStats()
 

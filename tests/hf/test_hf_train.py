@@ -242,3 +242,20 @@ def test_a_tampered_hf_vlm_output_is_refused(llava_dir, colour_data, tmp_path):
         f.write(b"\x00" * 8)
     with pytest.raises(DataError, match="SHA-256 differs"):
         load_model(tmp_path / "out")
+
+
+def test_a_named_text_template_is_refused_for_a_vlm_and_jinja_is_used(llava_dir, colour_data):
+    from mmadapt.config import DataConfig
+    from mmadapt.data.records import read_records
+    from mmadapt.errors import DataError
+    from mmadapt.factory import load_model
+    from mmadapt.hf.processing import ProcessedExampleBuilder
+    from mmadapt.quickstart.hf_vlm import CHATML_VISION_TEMPLATE
+
+    model = load_model(llava_dir)
+    with pytest.raises(DataError, match="'llama3' is a text-only template"):
+        ProcessedExampleBuilder(model.processor, DataConfig(chat_template="llama3"), colour_data / "train.jsonl")
+    jinja = CHATML_VISION_TEMPLATE.replace("<|im_start|>", "<s>")
+    builder = ProcessedExampleBuilder(model.processor, DataConfig(chat_template=jinja), colour_data / "train.jsonl")
+    example = builder.build(read_records(str(colour_data / "train.jsonl"))[:1])[0]
+    assert model.tokenizer.convert_tokens_to_ids("<s>") in example.input_ids
