@@ -94,6 +94,11 @@ def parse_request(record: Any, where: str) -> EditRequest:
         elif "{}" not in prompt:
             hint = f"; the subject {subject!r} does not occur in it either"
         raise DataError(f"{where}: prompt template {prompt!r} must contain '{{}}' exactly once where the subject goes{hint}")
+    try:  # other braces ("{} is in {") make str.format fail later, mid-edit
+        prompt.format(subject)
+    except (ValueError, IndexError, KeyError) as e:
+        raise DataError(f"{where}: prompt template {prompt!r} is not a valid format string ({e}); "
+                        "valid: one '{}' for the subject, literal braces doubled as '{{' and '}}'") from None
     if subject != subject.strip():
         raise DataError(f"{where}: subject {subject!r} has leading or trailing spaces; put spaces in the template")
     target_true = record.get("target_true")
@@ -154,7 +159,13 @@ def read_requests(path: str | Path) -> list[EditRequest]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"edit requests file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
+                        "edit requests must be UTF-8 JSON") from None
     items: list[tuple[str, Any]] = []
     if text.lstrip().startswith("["):
         try:

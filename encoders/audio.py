@@ -15,6 +15,7 @@ import abc
 import io
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,31 @@ def describe_raw(raw: Any) -> str:
     if isinstance(raw, (str, Path)):
         return str(raw)
     return f"<in-memory {type(raw).__name__}>"
+
+
+def wav_truncation(raw: str | Path | bytes | bytearray) -> str | None:
+    """Why a RIFF/WAVE file is truncated (its `data` chunk declares more bytes than the file holds), or None.
+
+    libsndfile reads such a file without error, returning only the samples present, so a cut download would
+    train silently on part of the clip. Streamed WAVs (data size 0 or 0xFFFFFFFF) and other formats pass."""
+    if isinstance(raw, (bytes, bytearray)):
+        head, total = bytes(raw[:65536]), len(raw)
+    else:
+        with open(raw, "rb") as f:
+            head = f.read(65536)
+            total = os.fstat(f.fileno()).st_size
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            available = total - (pos + 8)
+            if size not in (0, 0xFFFFFFFF) and size > available:
+                return f"its header declares {size} bytes of samples but the file holds {available}"
+            return None
+        pos += 8 + size + (size & 1)  # chunks are padded to an even length
+    return None
 
 
 def load_audio(raw: Any, sample_rate: int, resamplers: dict[int, Any] | None = None) -> torch.Tensor:
@@ -66,6 +92,9 @@ def load_audio(raw: Any, sample_rate: int, resamplers: dict[int, Any] | None = N
         if isinstance(raw, (str, Path)) and not Path(raw).is_file():
             raise DataError(f"audio file not found: {name}")
         source = io.BytesIO(raw) if isinstance(raw, (bytes, bytearray)) else str(raw)
+        truncated = wav_truncation(raw)
+        if truncated:
+            raise DataError(f"audio {name} is truncated: {truncated}; re-create or re-download it")
         try:
             data, rate = sf.read(source, dtype="float32", always_2d=True)  # [T, C]
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -161,6 +190,9 @@ class AudioEncoder(BaseEncoder):
             raise DataError(f"cannot decode audio {path}: {e} (readable formats: wav, flac, ogg, and others libsndfile reads)") from e
         if info.frames == 0:
             raise DataError(f"audio {path} has no samples (zero length)")
+        truncated = wav_truncation(path)
+        if truncated:
+            raise DataError(f"audio {path} is truncated: {truncated}; re-create or re-download it")
 
     @abc.abstractmethod
     def featurize(self, windows: torch.Tensor) -> torch.Tensor:

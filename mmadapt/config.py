@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -21,6 +22,8 @@ import yaml
 from mmadapt.errors import ConfigError
 
 T = TypeVar("T")
+
+MAX_INT = 2**53  # ints above this lose exactness as floats and overflow torch's int64 arithmetic downstream
 
 
 def _join(path: str, key: str | int) -> str:
@@ -79,10 +82,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(float(value)):  # `.nan` / `.inf` pass every `> 0` check and crash in torch later
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        if abs(value) > MAX_INT:  # beyond int64 torch overflows; no count, size or step is this large
+            raise ConfigError(f"{path}: {value} is out of range; valid: at most {MAX_INT} in magnitude")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -176,23 +183,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 _REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
-def interpolate(data: Any, root: dict[str, Any] | None = None, path: str = "") -> Any:
-    """Resolve `${key.path}` references to other string/number values of the same config."""
+def interpolate(data: Any, root: dict[str, Any] | None = None, path: str = "",
+                _active: tuple[Any, ...] = ()) -> Any:
+    """Resolve `${key.path}` references to other string/number values of the same config.
+
+    `_active` holds the containers and references being resolved: a YAML anchor that contains itself
+    or a reference chain that returns to its start is a ConfigError naming the key, not a RecursionError.
+    """
     root = data if root is None else root
-    if isinstance(data, dict):
-        return {k: interpolate(v, root, _join(path, k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [interpolate(v, root, _join(path, i)) for i, v in enumerate(data)]
+    if isinstance(data, (dict, list)):
+        if any(data is node for node in _active):
+            raise ConfigError(f"{path or 'config'}: a YAML anchor refers to itself (a recursive structure); "
+                              f"an alias must point at a value defined before and outside it")
+        inner = (*_active, data)
+        if isinstance(data, dict):
+            return {k: interpolate(v, root, _join(path, k), inner) for k, v in data.items()}
+        return [interpolate(v, root, _join(path, i), inner) for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
         def lookup(match: re.Match) -> str:
+            ref = match.group(1)
+            if ref in _active or ref == path:
+                raise ConfigError(f"{path}: reference ${{{ref}}} refers back to itself; "
+                                  f"a reference must name a key with a literal value")
             node: Any = root
-            for key in match.group(1).split("."):
+            for key in ref.split("."):
                 if not isinstance(node, dict) or key not in node:
-                    raise ConfigError(f"{path}: reference ${{{match.group(1)}}} names no config key")
+                    raise ConfigError(f"{path}: reference ${{{ref}}} names no config key")
                 node = node[key]
             if isinstance(node, (dict, list)):
-                raise ConfigError(f"{path}: reference ${{{match.group(1)}}} is not a scalar")
-            return str(interpolate(node, root, match.group(1)))
+                raise ConfigError(f"{path}: reference ${{{ref}}} is not a scalar")
+            return str(interpolate(node, root, ref, (*_active, path, ref)))
 
         return _REF.sub(lookup, data)
     return data
@@ -202,10 +222,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
+                          f"a config file must be UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    except RecursionError:  # deeply nested flow collections exhaust the parser's stack
+        raise ConfigError(f"{path}: the YAML nests too deeply; valid: a config nested at most a few hundred levels") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

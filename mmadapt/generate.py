@@ -95,9 +95,8 @@ def run_cli(args: argparse.Namespace) -> int:
             continue
         if modality not in getattr(model, "modalities", model.encoders):
             raise DataError(f"--{modality} given but {args.model} has no {modality} encoder")
-        for p in paths:
-            if not Path(p).is_file():
-                raise DataError(f"--{modality}: file not found: {p}")
+        for p in paths:  # resolve_media also refuses a name the OS cannot open (too long) as a DataError
+            resolve_media(p, Path.cwd(), f"--{modality}", modality)
         media[modality] = paths
         missing = len(paths) - prompt.count(PLACEHOLDERS[modality])
         if missing > 0:  # the usual case: the user does not type placeholders

@@ -19,6 +19,16 @@ from mmadapt.io import atomic_write_json, contained_path, sha256_file
 
 MANIFEST = "manifest.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".faiss", ".sqlite", ".gguf")
+# The files that fix a tokenizer's vocabulary: hashed under `tokenizer_files`, so a swapped tokenizer (same
+# weights, other ids) is refused on load. Checked only where recorded: older manifests still load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json")
+
+
+def tokenizer_hashes(directory: str | Path) -> dict[str, str]:
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*"))
+            if p.name in TOKENIZER_FILES and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(directory).parts)}
 
 
 def weight_files(directory: str | Path) -> list[Path]:
@@ -97,6 +107,12 @@ def check_complete(directory: str | Path, kind: str = "", parts: tuple[str, ...]
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         digests = dict(zip(present_paths, pool.map(sha256_file, present_paths.values())))
     problems += [f"{rel}: SHA-256 differs from the manifest" for rel in sorted(digests) if digests[rel] != recorded[rel]]
+    tokenizer = manifest.get("tokenizer_files", {})
+    for rel, digest in sorted(tokenizer.items() if isinstance(tokenizer, dict) else []):
+        path = contained_path(directory, rel, f"{directory / MANIFEST}: tokenizer_files", DataError)
+        if wanted(rel) and (not path.is_file() or sha256_file(path) != digest):
+            problems.append(f"{rel}: {'missing' if not path.is_file() else 'SHA-256 differs from the manifest'} "
+                            "(a swapped tokenizer gives the weights other token ids)")
     if problems:
         raise DataError(f"{directory}: its files do not match its {MANIFEST} ({'; '.join(problems[:5])}); it was "
                         "modified or only partly replaced after it was written: re-create it")
@@ -135,6 +151,7 @@ def write_manifest(
         "path": str(final_path or directory),
         "config": config or {},
         "files": hash_files(directory),
+        "tokenizer_files": tokenizer_hashes(directory),
         # every file this write produced: a later --overwrite removes these and refuses if anything else is there
         "outputs": sorted(str(p.relative_to(directory)) for p in Path(directory).rglob("*")
                           if p.is_file() and p.relative_to(directory) != Path(MANIFEST)),

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -48,6 +49,14 @@ def load_tokenizer(llm: LLMConfig):
     return tokenizer
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a corrupt or truncated file is a DataError naming it, not a Rust panic."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise DataError(f"{path}: not a readable safetensors file ({e}); restore it or re-create the checkpoint") from None
+
+
 def load_llm(llm: LLMConfig, vocab_size: int) -> nn.Module:
     """The causal LM from a hub id / directory, or random weights from an AutoConfig spec."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -68,7 +77,10 @@ def load_llm(llm: LLMConfig, vocab_size: int) -> nn.Module:
     base = peft_adapter_base(llm.name_or_path, "model.llm.name_or_path")
     try:
         model = AutoModelForCausalLM.from_pretrained(base or llm.name_or_path, dtype=_DTYPES[llm.dtype], **kwargs)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # missing, or a corrupt / truncated weight file
+        if isinstance(e, SafetensorError):
+            for f in sorted(Path(base or llm.name_or_path).glob("*.safetensors")):
+                read_weights(f)  # names the corrupt file (transformers' message names none)
         raise ConfigError(f"model.llm.name_or_path: cannot load {base or llm.name_or_path!r}: {e}") from e
     if base is None:
         return model
@@ -299,14 +311,18 @@ class MultimodalLM(nn.Module):
             if len(self.encoders):
                 raise ConfigError(f"{directory}: {MULTIMODAL_WEIGHTS} missing for encoders {list(self.encoders)}")
             return
-        state = load_file(str(weights))
+        state = read_weights(weights)
         own = set(self.encoders.state_dict()) | set(self.connectors.state_dict())
         prefixed = {k.split(".", 1)[1] for k in state}
         if prefixed != own:
             raise ConfigError(f"{weights}: weights do not match the model (missing {sorted(own - prefixed)[:5]}, "
                               f"unexpected {sorted(prefixed - own)[:5]})")
-        self.encoders.load_state_dict({k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")})
-        self.connectors.load_state_dict({k[len("connectors."):]: v for k, v in state.items() if k.startswith("connectors.")})
+        try:
+            self.encoders.load_state_dict({k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")})
+            self.connectors.load_state_dict({k[len("connectors."):]: v for k, v in state.items() if k.startswith("connectors.")})
+        except RuntimeError as e:  # size mismatch: encoders/connectors of another width
+            raise ConfigError(f"{weights}: tensors of other shapes than this model's encoders/connectors; valid: "
+                              f"a checkpoint of the same architecture: {str(e).splitlines()[-1].strip()}") from None
 
     def load_weights_from(self, directory: str | Path, adapters: bool = False) -> None:
         """Load another checkpoint's weights into this model (stage 2 from stage 1, or a resumed run).
@@ -321,13 +337,18 @@ class MultimodalLM(nn.Module):
             raise ConfigError(f"model.init_from: {directory} holds an adapter; merge it first (mmadapt export --merge-adapters)")
         state: dict[str, torch.Tensor] = {}
         for f in sorted((directory / LLM_DIR).glob("*.safetensors")):
-            state.update(load_file(str(f)))
+            state.update(read_weights(f))
         target = self.llm.get_base_model() if is_peft_model(self.llm) else self.llm
         if is_peft_model(self.llm):  # the base weights sit under `.base_layer` inside LoRA-wrapped modules
             own = set(target.state_dict())
             state = {(k if k in own else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")): v
                      for k, v in state.items()}
-        result = target.load_state_dict(state, strict=False)
+        try:
+            result = target.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # size mismatch: a checkpoint of another width / vocabulary
+            raise ConfigError(f"model.init_from: {directory}/{LLM_DIR} has tensors of other shapes than this LLM "
+                              f"(another hidden size or vocabulary?); valid: a checkpoint of the same architecture: "
+                              f"{str(e).splitlines()[-1].strip()}") from None
         missing = [k for k in result.missing_keys if "lora_" not in k and k not in (getattr(target, "_tied_weights_keys", None) or {})]
         if missing or result.unexpected_keys:
             raise ConfigError(f"{directory}/{LLM_DIR} does not match the LLM "
@@ -335,7 +356,7 @@ class MultimodalLM(nn.Module):
         if has_adapter:
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.llm, load_file(str(directory / ADAPTER_DIR / "adapter_model.safetensors")))
+            set_peft_model_state_dict(self.llm, read_weights(directory / ADAPTER_DIR / "adapter_model.safetensors"))
         self._load_multimodal(directory)
         logger.info("loaded weights from %s", directory)
 

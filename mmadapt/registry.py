@@ -97,6 +97,10 @@ def _table(kind: str) -> dict[str, str]:
 def resolve(kind: str, name: str, where: str = "") -> Any:
     """Import and return the object registered as `name` in the `kind` table."""
     table = _table(kind)
+    if not isinstance(name, str):  # a mapping or list from YAML is unhashable: say what a name is
+        place = f"{where}: " if where else ""
+        raise ConfigError(f"{place}a {kind} name must be a string, got {type(name).__name__} {name!r}; "
+                          f"valid: {', '.join(sorted(table))}")
     if name not in table:
         close = difflib.get_close_matches(name, table, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -16,6 +16,11 @@ from mmadapt.errors import ConfigError
 
 TokenSpans = Callable[[str], list[tuple[int, int]]]
 _WORD = re.compile(r"\S+")
+# A sentence ends at . ! or ? (then closing quotes/brackets) before whitespace, or at a blank line or a line break
+# before a markdown heading or list item; decimals ("3.5") and mid-word dots never end one.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n|\n(?=\s{0,3}(?:#{1,6}\s|[-*+]\s|\d+[.)]\s))")
+_HEADING_LINE = re.compile(r"^\s{0,3}#{1,6}\s+\S.*$", re.M)
+STRATEGIES = ("tokens", "sentences", "markdown")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from mmadapt.errors import DataError
 from mmadapt.rag.chunk import Document, sha256_text
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def _image(path: Path) -> Document:
     try:
         with Image.open(path) as image:
             image.verify()
+    except Image.DecompressionBombError as e:  # a tiny file that would decode to gigabytes: refuse the build
+        raise DataError(f"{path}: {e}; valid: images of at most {Image.MAX_IMAGE_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise _Skip(f"unreadable image: {e}") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -93,6 +93,19 @@ def _check_fields(file: Path, manifest: dict[str, Any], store: dict[str, Any]) -
         raise DataError(f"{file}: store.sizes must map file names to byte counts")
 
 
+def check_checksums(path: Path, manifest: dict[str, Any], gen_dir: Path, names: tuple[str, ...] = ("index.faiss",)) -> None:
+    """Re-hash the generation's `names` against the SHA-256 recorded at commit: a file corrupted at the same size
+    (which the size check passes and faiss may read without error) is refused on open. Cost: one SHA-256 pass,
+    measured by benchmarks/rag_open_check.py. meta.sqlite is left to SQLite's own checks (its hash is recorded
+    too, but a reader never rewrites index.faiss while SQLite may touch its file's header on close)."""
+    for name in names:
+        rel = f"{gen_dir.name}/{name}"
+        recorded = manifest.get("files", {}).get(rel)
+        if recorded is not None and sha256_file(path / rel) != recorded:
+            raise DataError(f"{path / rel}: SHA-256 differs from the one {MANIFEST} recorded when it was written; the "
+                            "index is damaged (restore it or rebuild with `mmadapt rag build`)")
+
+
 def write(
     path: Path, final_path: Path, config: dict[str, Any], parents: list[dict[str, Any]], store: dict[str, Any],
     gen_dir: Path, created: str | None = None,

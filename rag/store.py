@@ -148,6 +148,7 @@ class RagIndex:
             try:
                 self._check_files(gen_dir)
                 self.faiss = vindex.read(str(gen_dir / "index.faiss"))
+                index_manifest.check_checksums(self.path, self.manifest, gen_dir)  # readable, yet changed at its size
                 conn = meta.connect_readonly(str(gen_dir / "meta.sqlite"))
                 self.tombstones = meta.tombstones(conn)
             except (OSError, RuntimeError, sqlite3.Error) as e:  # faiss raises RuntimeError for unreadable files

@@ -75,7 +75,12 @@ def media_list(record: dict[str, Any], modality: str, where: str) -> list[Any]:
 def resolve_media(item: str, root: Path, where: str, modality: str) -> Path:
     path = Path(item)
     path = path if path.is_absolute() else root / path
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # a name longer than the OS allows (ENAMETOOLONG), a NUL byte, ...: not a file we can open
+        raise DataError(f"{where}: {modality} path {item[:80]!r}... cannot be opened ({e.strerror or e}); "
+                        "valid: a relative or absolute path to an existing file") from None
+    if not found:
         raise DataError(f"{where}: {modality} file not found: {path}")
     return path
 

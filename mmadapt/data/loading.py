@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
 
 from mmadapt import registry
-from mmadapt.config import DataConfig
+from mmadapt.config import DataConfig, unknown_key_error
 from mmadapt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,12 @@ def generate_data(data_cfg: DataConfig) -> None:
     if not name or not out:
         raise ConfigError("data.generate needs 'name' (a generator) and 'out' (a directory)")
     generator = registry.resolve("dataset_generator", name, where="data.generate.name")
+    params = inspect.signature(generator).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # a typo would be a TypeError mid-run
+        valid = [n for n in list(params)[1:] if params[n].kind in (params[n].POSITIONAL_OR_KEYWORD, params[n].KEYWORD_ONLY)]
+        for key in spec:
+            if key not in valid:
+                raise unknown_key_error(str(key), valid, "data.generate")
     if (Path(out) / "train.jsonl").is_file():
         return
     logger.info("generating dataset %r into %s", name, out)

@@ -61,7 +61,7 @@ def prompt_messages(prompt: Any, where: str) -> list[dict[str, str]]:
     for i, turn in enumerate(prompt):
         role = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
         content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
-        if role not in ROLE_MAP or not isinstance(content, str):
+        if not isinstance(role, str) or role not in ROLE_MAP or not isinstance(content, str):  # a list role is unhashable
             raise DataError(f"{where}: prompt[{i}] must be {{from: human|gpt|system, value: text}} (or role/content)")
         messages.append({"role": ROLE_MAP[role], "content": content})
     if messages[-1]["role"] != "user":
@@ -73,7 +73,7 @@ def completion_text(value: Any, where: str, key: str) -> str:
     """A completion string (or a one-turn assistant list, TRL's conversational form); empty is an error."""
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
         role = value[0].get("from", value[0].get("role"))
-        if ROLE_MAP.get(role) != "assistant":
+        if not isinstance(role, str) or ROLE_MAP.get(role) != "assistant":
             raise DataError(f"{where}: '{key}' must be a string or one assistant turn, got role {role!r}")
         value = value[0].get("value", value[0].get("content"))
     if value is None:

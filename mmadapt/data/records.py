@@ -14,7 +14,13 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
+                        "a data file must be UTF-8 JSON") from None
     if path.suffix == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mmadapt.errors import DataError
+from mmadapt.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,22 @@ ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "a
 def ensure_chat_template(tokenizer: Any, template: str | None = None) -> None:
     """Use `template` if given, keep the tokenizer's own otherwise, and fall back to ChatML."""
     if template is not None:
-        tokenizer.chat_template = chat_template_source(tokenizer, template)
+        source = chat_template_source(tokenizer, template)
+        check_jinja(source, "data.chat_template")
+        tokenizer.chat_template = source
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
+
+
+def check_jinja(source: str, key: str) -> None:
+    """Refuse a chat template that is not valid Jinja now, naming its line, not at the first sample."""
+    import jinja2
+    from transformers.utils.chat_template_utils import _compile_jinja_template  # transformers' own environment
+
+    try:
+        _compile_jinja_template(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(f"{key}: the chat template is not valid Jinja: line {e.lineno}: {e.message}") from None
 
 
 def to_messages(turns: list[dict[str, Any]], where: str) -> list[dict[str, str]]:
@@ -43,7 +56,7 @@ def to_messages(turns: list[dict[str, Any]], where: str) -> list[dict[str, str]]
             raise DataError(f"{where}: conversations[{i}] is not an object")
         role = turn.get("from", turn.get("role"))
         content = turn.get("value", turn.get("content"))
-        if role not in ROLE_MAP:
+        if not isinstance(role, str) or role not in ROLE_MAP:  # a list/dict role is unhashable: name it
             raise DataError(f"{where}: conversations[{i}] has role {role!r}; "
                             "valid: human, gpt (or user, assistant, system, tool)")
         if not isinstance(content, str):
@@ -51,6 +64,10 @@ def to_messages(turns: list[dict[str, Any]], where: str) -> list[dict[str, str]]
         messages.append({"role": ROLE_MAP[role], "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: no assistant ('gpt') turn to learn from")
+    first = next(i for i, m in enumerate(messages) if m["role"] != "system")
+    if messages[first]["role"] == "assistant":  # chat templates alternate user/assistant; many raise or mis-render
+        raise DataError(f"{where}: conversations[{first}] is an assistant ('gpt') turn before any user turn; "
+                        "valid: optional system turns, then a human/user turn first")
     return messages
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -31,11 +32,18 @@ def test_wheel_has_exactly_one_top_level_package(wheel):
 
 def test_built_wheel_imports_subpackages(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    # The dependencies live wherever the running interpreter found them (a fresh venv, not the system
+    # site-packages), so the test venv sees exactly those directories through a .pth file; directories
+    # named in a .pth are plain path entries, so the editable install's own finder there stays inactive
+    # and mmadapt is imported from the extracted wheel, which comes first on the path.
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
     python = env_dir / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     zipfile.ZipFile(wheel).extractall(site)
+    paths = sysconfig.get_paths()
+    borrowed = dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if p != site)
+    (Path(site) / "_mmadapt_test_deps.pth").write_text("".join(f"{p}\n" for p in borrowed))
     code = "import mmadapt, importlib; [importlib.import_module(m) for m in %r]; print(mmadapt.__file__)" % SUBPACKAGES
     result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
