@@ -228,7 +228,7 @@ def child(args: argparse.Namespace, root: Path, corpus: str, kind: str) -> list[
     path.unlink()
     shape = {}
     if kind == "ivfpq":
-        nlist, pq_m = vindex.ivfpq_shape(len(train), vectors.shape[1], cfg)
+        nlist, pq_m, _ = vindex.ivfpq_shape(len(train), vectors.shape[1], cfg)
         shape = {"nlist": nlist, "pq_m": pq_m}
     for row in rows:
         row.update(index_mb=size / 2**20, rss_added_mb=added, peak_rss_mb=peak, **shape)

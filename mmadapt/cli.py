@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "rag": "mmadapt.rag.cli:add_cli",
     "edit": "mmadapt.editing.cli:add_cli",
     "serve": "mmadapt.serve.cli:add_cli",
+    "ui": "mmadapt.ui.app:add_cli",
     "eval": "mmadapt.eval.run:add_cli",
 }
 

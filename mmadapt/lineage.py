@@ -212,6 +212,17 @@ def verify(directory: str | Path) -> list[str]:
     return problems
 
 
+def lineage_rows(manifest: dict[str, Any], depth: int = 0) -> list[dict[str, Any]]:
+    """The chain as rows (this directory first, then its inputs, depth-first): depth, kind, path, created, weights."""
+    row = {"depth": depth, "kind": manifest.get("kind", "?"), "path": manifest.get("path", "?"),
+           "created": manifest.get("created", ""), "weight_files": len(manifest.get("files") or {})}
+    rows = [row]
+    for parent in manifest.get("parents") or []:
+        if isinstance(parent, dict):
+            rows += lineage_rows(parent, depth + 1)
+    return rows
+
+
 def format_chain(manifest: dict[str, Any], indent: int = 0) -> str:
     """The lineage as an indented tree, the directory first and its inputs below."""
     pad = "  " * indent

@@ -46,6 +46,14 @@ class Source:
     page: int | None
     score: float
     text: str
+    doc_id: str = ""  # the record's id (a file's path for a plain file)
+    title: str | None = None  # the document's title, when it has one (HTML, docx, a record's `title`)
+
+    @property
+    def label(self) -> str:
+        """What a reader should see: the title or the record id, with the page of a PDF."""
+        name = self.title or self.doc_id or self.source
+        return f"{name}, page {self.page}" if self.page else name
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Answer:
     text: str
     sources: list[Source]  # every passage in the prompt, numbered as there
     cited: list[int] = field(default_factory=list)  # the numbers the answer cites, e.g. [2] -> 2
+    messages: list[dict[str, str]] = field(default_factory=list)  # the prompt the model was given
 
     def cited_sources(self) -> list[Source]:
         return [s for s in self.sources if s.n in self.cited]
@@ -104,6 +113,30 @@ def cited_numbers(text: str, n_passages: int) -> list[int]:
     return list(dict.fromkeys(int(m) for m in _CITE.findall(text) if 1 <= int(m) <= n_passages))
 
 
+def training_prompt(model_dir: str | Path) -> PromptConfig | None:
+    """The prompt layout a model was trained with retrieval in (`data.retrieval.prompt` of the run config saved
+    with it, the last stage's where stages set one); None for a model not trained with retrieval."""
+    import yaml
+
+    file = Path(model_dir) / "config.yaml"
+    if not file.is_file():
+        return None
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DataError(f"{file}: unreadable run config: {e}") from None
+    if not isinstance(config, dict):
+        return None
+    retrieval = (config.get("data") or {}).get("retrieval") if isinstance(config.get("data"), dict) else None
+    for stage in config.get("stages") or []:
+        data = stage.get("data") if isinstance(stage, dict) else None
+        if isinstance(data, dict) and isinstance(data.get("retrieval"), dict):
+            retrieval = data["retrieval"]
+    if not isinstance(retrieval, dict):
+        return None
+    return from_dict(PromptConfig, dict(retrieval.get("prompt") or {}), path=f"{file}: data.retrieval.prompt")
+
+
 class RAGPipeline:
     """Retrieve, format with numbered citations, generate: `ask(question, image=None) -> Answer`."""
 
@@ -142,9 +175,11 @@ class RAGPipeline:
             prompts.append((messages_for(question, hits, self.prompt, lead), media))
         texts = generate_batch(self.model, prompts, max_new_tokens=self.max_new_tokens)
         answers = []
-        for text, hits in zip(texts, all_hits):
-            sources = [Source(n, h.chunk_id, h.source, h.page, h.score, h.text) for n, h in enumerate(hits, 1)]
-            answers.append(Answer(text, sources, cited_numbers(text, len(hits))))
+        for text, hits, (messages, _) in zip(texts, all_hits, prompts):
+            sources = [Source(n, h.chunk_id, h.source, h.page, h.score, h.text, h.doc_id,
+                              h.metadata.get("title") if isinstance(h.metadata.get("title"), str) else None)
+                       for n, h in enumerate(hits, 1)]
+            answers.append(Answer(text, sources, cited_numbers(text, len(hits)), messages))
         return answers
 
 
@@ -153,7 +188,8 @@ class RAGPipeline:
 class RetrievalDataConfig:
     """`data.retrieval` of a run config: QA records become retrieval-augmented conversations."""
 
-    index: str  # a RAG index directory
+    index: str | None = None  # a RAG index directory; None: data.train already holds RA-DIT conversations
+    # (e.g. from `mmadapt rag radit`) and this section only records how their prompts were laid out
     k: int = 3  # retrieved passages per prompt
     distractors: int = 1  # random passages added to them (RA-DIT: the model learns to ignore what does not answer)
     ensure_relevant: bool = True  # put a relevant passage in when retrieval missed it (else the target is unanswerable)
@@ -248,6 +284,11 @@ def load_retrieval_conversations(path: str, model: Any, data_cfg: Any, stats_pre
     from mmadapt.rag.store import RagIndex
 
     config = from_dict(RetrievalDataConfig, dict(data_cfg.retrieval or {}), path="data.retrieval")
+    from_dict(PromptConfig, config.prompt, path="data.retrieval.prompt")  # a typo fails before training, not at ask
+    if config.index is None:  # conversations built already: the prompt layout is recorded with the model
+        from mmadapt.data.loading import load_conversations
+
+        return load_conversations(path, model, dataclasses.replace(data_cfg, retrieval=None), stats_prefix)
     if not Path(config.index).is_dir():
         raise ConfigError(f"data.retrieval.index: {config.index} is not a directory (build one with `mmadapt rag build`)")
     retriever = Retriever(RagIndex.open(config.index), RetrieveConfig(k=max(config.k, 1), mode=config.mode))  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ exactly what the document says, never a detokenised approximation.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -30,8 +31,13 @@ class ChunkConfig:
     size: int | None = None  # tokens per chunk; None: the embedder's limit (at most 256)
     overlap: int = 32  # tokens shared by consecutive chunks, so a fact cut at a boundary is whole in one of them
     tokenizer: str = "embedder"  # "embedder" (its tokenizer) | "words" (whitespace) | a HF tokenizer id or path
+    # tokens: fixed token windows; sentences: whole sentences packed up to `size` (overlap in whole sentences);
+    # markdown: never across a heading, each section packed by sentences
+    strategy: str = "tokens"
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"chunk.strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
         if self.size is not None and self.size < 1:
             raise ValueError(f"chunk.size must be >= 1, got {self.size}")
         if self.overlap < 0:
@@ -140,8 +146,102 @@ def chunk_spans(token_spans: list[tuple[int, int]], size: int, overlap: int) -> 
     return out
 
 
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if end > start else None
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Sentences (and headings, list items, paragraphs without end punctuation) as character spans."""
+    out, pos = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        span = _trimmed(text, pos, m.start())
+        if span:
+            out.append(span)
+        pos = m.end()
+    span = _trimmed(text, pos, len(text))
+    out = out + [span] if span else out
+    split = []  # a heading line is a sentence of its own even without a blank line after it
+    for start, end in out:
+        newline = text.find("\n", start, end)
+        if newline > 0 and _HEADING_LINE.fullmatch(text[start:newline].strip()):
+            split += [s for s in (_trimmed(text, start, newline), _trimmed(text, newline, end)) if s]
+        else:
+            split.append((start, end))
+    return split
+
+
+def section_spans(text: str) -> list[tuple[int, int]]:
+    """Markdown sections: each heading line with what follows it up to the next heading; a heading with no text
+    of its own (directly followed by a sub-heading) stays with the next section."""
+    cuts = [m.start() for m in _HEADING_LINE.finditer(text)]
+    bounds = [0, *[c for c in cuts if c > 0], len(text)]
+    out: list[tuple[int, int]] = []
+    start = 0
+    for end in bounds[1:]:
+        body = text[start:end].split("\n", 1)
+        if _HEADING_LINE.fullmatch(body[0].strip()) and (len(body) == 1 or not body[1].strip()) and end < len(text):
+            continue  # a bare heading: joined to the next section
+        span = _trimmed(text, start, end)
+        if span:
+            out.append(span)
+        start = end
+    return out
+
+
+def pack_spans(units: list[tuple[int, int]], token_spans: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
+    """Consecutive units (sentences) packed into windows of at most `size` tokens; the next window repeats the last
+    whole units of the previous one that fit in `overlap` tokens. A unit longer than `size` is cut by tokens."""
+    starts = [s for s, _ in token_spans]
+    out: list[tuple[int, int]] = []
+    group: list[tuple[int, int, int]] = []  # (start, end, tokens)
+
+    def emit() -> None:
+        if group:
+            out.append((group[0][0], group[-1][1]))
+
+    for start, end in units:
+        lo, hi = bisect.bisect_left(starts, start), bisect.bisect_left(starts, end)
+        n = hi - lo
+        if n > size:  # one giant sentence: fixed token windows inside it
+            emit()
+            group = []
+            out.extend(chunk_spans(token_spans[lo:hi], size, overlap))
+            continue
+        if group and sum(g[2] for g in group) + n > size:
+            emit()
+            carried: list[tuple[int, int, int]] = []
+            for g in reversed(group):  # the last whole units within `overlap` tokens, if the new unit still fits
+                if sum(c[2] for c in carried) + g[2] > overlap or sum(c[2] for c in carried) + g[2] + n > size:
+                    break
+                carried.insert(0, g)
+            group = carried
+        group.append((start, end, n))
+    emit()
+    return out
+
+
+def document_spans(text: str, spans_fn: TokenSpans, size: int, overlap: int, strategy: str = "tokens") -> list[tuple[int, int]]:
+    """Character spans of the chunks of one text by `strategy` (tokens | sentences | markdown)."""
+    tokens = spans_fn(text)
+    if strategy == "tokens":
+        return chunk_spans(tokens, size, overlap)
+    if strategy == "sentences":
+        return pack_spans(sentence_spans(text), tokens, size, overlap)
+    if strategy != "markdown":
+        raise ConfigError(f"chunk.strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    out = []
+    for start, end in section_spans(text):
+        section = [(start + s, start + e) for s, e in sentence_spans(text[start:end])]
+        out += pack_spans(section, tokens, size, overlap)
+    return out
+
+
 def chunk_documents(
-    documents: Iterable[Document], spans_fn: TokenSpans, size: int, overlap: int
+    documents: Iterable[Document], spans_fn: TokenSpans, size: int, overlap: int, strategy: str = "tokens",
 ) -> list[Chunk]:
     """Cut documents into chunks; ids are `DOC_ID#N`, N counting across a document's pages."""
     chunks: list[Chunk] = []
@@ -153,7 +253,7 @@ def chunk_documents(
             chunks.append(Chunk(f"{doc.doc_id}#{n}", doc.text, doc.source, doc.doc_id, doc.page, 0, len(doc.text),
                                 doc.modality, dict(doc.metadata), doc.content_hash, doc.content_hash))
             continue
-        for start, end in chunk_spans(spans_fn(doc.text), size, overlap):
+        for start, end in document_spans(doc.text, spans_fn, size, overlap, strategy):
             text = doc.text[start:end]
             n = ordinal.get(doc.doc_id, 0)
             ordinal[doc.doc_id] = n + 1

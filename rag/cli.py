@@ -1,4 +1,4 @@
-"""`mmadapt rag build|add|delete|query|ask|eval|radit|info`: thin entry points over the rag library."""
+"""`mmadapt rag build|add|update|tune|delete|query|ask|eval|radit|info`: thin entry points over the rag library."""
 
 from __future__ import annotations
 
@@ -65,6 +65,39 @@ def add(args: argparse.Namespace) -> int:
     return 0
 
 
+def update(args: argparse.Namespace) -> int:
+    from mmadapt.rag.ingest import ingest
+    from mmadapt.rag.store import RagIndex
+
+    index = RagIndex.open(args.index)
+    ingested = ingest(args.inputs, index.config.ingest)
+    if not ingested.documents:
+        raise DataError(f"nothing to update from {', '.join(args.inputs)}:\n{ingested.summary()}")
+    report = index.update_documents(ingested.documents)
+    print(ingested.summary())
+    print(f"{report.changed} passages changed ({report.embedded} embedded), {report.added} added, {report.removed} "
+          f"removed, {report.unchanged} unchanged")
+    print(json.dumps(index.stats(), indent=2))
+    return 0
+
+
+def tune_cli(args: argparse.Namespace) -> int:
+    from mmadapt.rag.store import RagIndex
+    from mmadapt.rag.tune import TuneConfig, tune
+
+    config = TuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_negatives=args.hard_negatives,
+                        reranker=not args.no_reranker, questions=args.questions, reembed=not args.no_reembed,
+                        eval_fraction=args.eval_fraction, seed=args.seed)
+    report = tune(RagIndex.open(args.index), args.out, config, overwrite=args.overwrite)
+    print(f"pairs: {report.pairs}")
+    for key, value in report.metrics.items():
+        print(f"{key:<28} {value:.4f}")
+    print(f"embedder: {report.embedder}" + ("" if args.no_reembed else f" (now {args.index}'s embedder)"))
+    if report.reranker:
+        print(f"reranker: {report.reranker} (use it with --rerank)")
+    return 0
+
+
 def delete(args: argparse.Namespace) -> int:
     from mmadapt.rag.store import RagIndex
 
@@ -99,7 +132,7 @@ def _retriever(args: argparse.Namespace) -> Any:
     from mmadapt.rag.store import RagIndex
 
     index = RagIndex.open(args.index, embedder=None)
-    return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank))
+    return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank, candidates=args.candidates))
 
 
 def query(args: argparse.Namespace) -> int:
@@ -125,18 +158,46 @@ def ask(args: argparse.Namespace) -> int:
 
     if args.image and not Path(args.image).is_file():
         raise DataError(f"--image: file not found: {args.image}")
-    pipeline = RAGPipeline(MultimodalLM.from_pretrained(args.model), _retriever(args), max_new_tokens=args.max_new_tokens)
+    prompt = _prompt(args)
+    pipeline = RAGPipeline(MultimodalLM.from_pretrained(args.model), _retriever(args), prompt=prompt,
+                           max_new_tokens=args.max_new_tokens)
     answer = pipeline.ask(args.question, image=args.image, filters=parse_filters(args.filter))
     if args.json:
-        print(json.dumps({"answer": answer.text, "cited": answer.cited, "sources": [s.__dict__ for s in answer.sources]},
-                         indent=2, default=str))
+        print(json.dumps({"answer": answer.text, "cited": answer.cited, "sources": [s.__dict__ for s in answer.sources],
+                          **({"messages": answer.messages} if args.show_prompt else {})}, indent=2, default=str))
         return 0
+    if args.show_prompt:
+        for message in answer.messages:
+            print(f"--- {message['role']} ---\n{message['content']}")
+        print("--- answer ---")
     print(answer.text)
     print("\nsources:")
     for s in answer.sources:
         mark = "*" if s.n in answer.cited else " "
-        print(f" {mark}[{s.n}] {s.source}{f', page {s.page}' if s.page else ''}  ({s.chunk_id}, score {s.score:.3f})")
+        print(f" {mark}[{s.n}] {s.label}  ({s.chunk_id}, score {s.score:.3f})")
     return 0
+
+
+def _prompt(args: argparse.Namespace) -> Any:
+    """--prompt (a YAML file or inline YAML of PromptConfig fields), else the layout the model was trained with
+    (its saved run config's data.retrieval.prompt), else the default."""
+    from mmadapt.config import from_dict
+    from mmadapt.rag.augment import PromptConfig, training_prompt
+
+    if args.prompt is None:
+        found = training_prompt(args.model)
+        if found is not None:
+            logger.info("asking with the prompt layout %s was trained with (--prompt to change it)", args.model)
+        return found or PromptConfig()
+    path = Path(args.prompt)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else args.prompt)
+    except yaml.YAMLError as e:
+        raise DataError(f"--prompt {args.prompt!r}: cannot read it as YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise DataError(f"--prompt {args.prompt!r}: expected a mapping of prompt fields (instruction, passage, question, "
+                        "no_passages, max_passage_chars, system) or a YAML file holding one")
+    return from_dict(PromptConfig, raw, path="--prompt")
 
 
 def read_eval_file(queries_path: str, relevant_path: str | None) -> tuple[list[str], list[set[str]]]:
@@ -237,7 +298,10 @@ def _positive_int(text: str) -> int:
 def _retrieval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=_positive_int, default=5, help="passages to return (default 5)")
     p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default="dense")
-    p.add_argument("--rerank", metavar="MODEL", help="a cross-encoder (hub id or path) to re-rank the candidates")
+    p.add_argument("--rerank", metavar="MODEL", help="a trained cross-encoder (hub id or path, e.g. OUT/reranker of "
+                   "`rag tune`) to re-rank the candidates")
+    p.add_argument("--candidates", type=_positive_int, default=50,
+                   help="passages each ranking contributes before fusion or re-ranking (default 50)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata filter, e.g. source=docs/a.txt, 'page=[1, 2]', 'year={gte: 2020}' (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -267,6 +331,27 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replace", action="store_true", help="first remove the passages these files held before")
     p.set_defaults(func=add)
 
+    p = cmds.add_parser("update", help="replace the records (documents) a file names by id, embedding only what changed")
+    p.add_argument("index")
+    p.add_argument("inputs", nargs="+")
+    p.set_defaults(func=update)
+
+    p = cmds.add_parser("tune", help="adapt the retriever to the corpus: fine-tune the embedder, train a reranker, "
+                                     "re-embed the index")
+    p.add_argument("index")
+    p.add_argument("--out", required=True, help="directory for the tuned embedder/ and reranker/")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--hard-negatives", type=int, default=1, help="mined negatives per pair (0: in-batch only)")
+    p.add_argument("--questions", help="JSONL {query, relevant: [ids]} to add to the corpus pairs (e.g. LLM-written)")
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="documents held out to measure recall")
+    p.add_argument("--no-reranker", action="store_true", help="tune the embedder only")
+    p.add_argument("--no-reembed", action="store_true", help="leave the index as it is")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `rag tune` output at --out")
+    p.set_defaults(func=tune_cli)
+
     p = cmds.add_parser("delete", help="delete passages by chunk id, source file or document id")
     p.add_argument("index")
     p.add_argument("--id", action="append", help="chunk id (repeatable)")
@@ -287,6 +372,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="an mmadapt checkpoint directory")
     p.add_argument("--image", help="an image: a retrieval query and, for a vision model, part of the prompt")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--prompt", help="prompt layout: a YAML file or inline YAML, e.g. '{passage: \"{text}\", instruction: \"\"}' "
+                   "(default: the layout the model was trained with, from its saved config)")
+    p.add_argument("--show-prompt", action="store_true", help="print the prompt sent to the model")
     _retrieval_flags(p)
     p.set_defaults(func=ask)
 

@@ -7,7 +7,9 @@ Scores are "higher is better": the inner product, or minus the squared L2 distan
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from mmadapt.errors import ConfigError
 
+logger = logging.getLogger(__name__)
 Kind = Literal["flat", "hnsw", "ivfpq"]
 
 
@@ -58,6 +61,11 @@ def resolve_kind(config: IndexConfig, n: int) -> Kind:
 
 
 def _faiss() -> Any:
+    if "faiss" not in sys.modules:
+        # faiss's loader logs at INFO each CPU-specific build it fails to find (AVX-512, AVX2): noise, not news
+        loader = logging.getLogger("faiss.loader")
+        if loader.level == logging.NOTSET:
+            loader.setLevel(logging.WARNING)
     import faiss
 
     return faiss
@@ -68,14 +76,18 @@ def _metric(metric: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
 
 
-def ivfpq_shape(n: int, dim: int, config: IndexConfig) -> tuple[int, int]:
-    """(nlist, pq_m) for `n` training vectors of width `dim`."""
+MIN_POINTS = 39  # faiss's k-means warns below this many training points per centroid
+
+
+def ivfpq_shape(n: int, dim: int, config: IndexConfig) -> tuple[int, int, int]:
+    """(nlist, pq_m, pq_bits) for `n` training vectors of width `dim`: cells and codebook sizes are capped so that
+    every centroid gets >= 39 training points (faiss's k-means otherwise warns once per sub-quantizer)."""
     nlist = config.nlist or int(4 * math.sqrt(max(n, 1)))
-    nlist = max(1, min(nlist, n // 39 or 1))  # faiss wants >= 39 training points per cell
+    nlist = max(1, min(nlist, n // MIN_POINTS or 1))
     m = config.pq_m or max(1, dim // 4)
     if dim % m:
         raise ConfigError(f"index.pq_m={m} must divide the embedding dimension {dim}")
-    return nlist, m
+    return nlist, m, config.pq_bits  # fewer code bits on a small sample cost recall (measured): kept as configured
 
 
 def min_train_size(config: IndexConfig) -> int:
@@ -98,9 +110,15 @@ def new_index(kind: Kind, dim: int, config: IndexConfig, train: np.ndarray | Non
             have = 0 if train is None else len(train)
             raise ConfigError(f"index.kind ivfpq needs at least {min_train_size(config)} passages to train "
                               f"its codebooks, got {have}; use kind flat, hnsw or auto")
-        nlist, m = ivfpq_shape(len(train), dim, config)
+        nlist, m, bits = ivfpq_shape(len(train), dim, config)
+        if (config.nlist and nlist < config.nlist) or bits < config.pq_bits:
+            logger.info("IVF-PQ trained on %d vectors: %d cells and %d-bit codes (configured %s and %d); each centroid "
+                        "needs %d training points, and the index retrains as it grows (index.retrain_growth)",
+                        len(train), nlist, bits, config.nlist or "auto", config.pq_bits, MIN_POINTS)
+        else:
+            logger.info("IVF-PQ trained on %d vectors: %d cells, %d sub-quantizers of %d bits", len(train), nlist, m, bits)
         quantizer = faiss.IndexFlat(dim, metric)
-        inner = faiss.IndexIVFPQ(quantizer, dim, nlist, m, config.pq_bits, metric)
+        inner = faiss.IndexIVFPQ(quantizer, dim, nlist, m, bits, metric)
         inner.train(np.ascontiguousarray(train, dtype=np.float32))
         inner.nprobe = config.nprobe
     else:

@@ -1,4 +1,4 @@
-"""Ingest files into Documents: txt, md, html (bs4), pdf (pypdf), JSONL records and images.
+"""Ingest files into Documents: txt, md, html (bs4), pdf (pypdf), docx (python-docx), JSONL and CSV records, images.
 
 Every file that yields nothing says why in the report (empty, binary, unreadable, unsupported,
 duplicate content); a corpus with one broken file still builds, and the user sees which file and why.
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mmadapt.errors import DataError
+from tqdm.auto import tqdm
+
 from mmadapt.rag.chunk import Document, sha256_text
 
 logger = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 RECORD_SUFFIXES = {".jsonl", ".json"}
-SUPPORTED = sorted(TEXT_SUFFIXES | HTML_SUFFIXES | IMAGE_SUFFIXES | RECORD_SUFFIXES | {".pdf"})
+TABLE_SUFFIXES = {".csv", ".tsv"}
+SUPPORTED = sorted(TEXT_SUFFIXES | HTML_SUFFIXES | IMAGE_SUFFIXES | RECORD_SUFFIXES | TABLE_SUFFIXES | {".pdf", ".docx"})
 
 
 @dataclass
@@ -161,6 +164,79 @@ def _records(path: Path, config: IngestConfig, report: IngestReport) -> list[Doc
     return docs
 
 
+def _docx(path: Path) -> tuple[str, dict[str, Any]]:
+    """A Word document's paragraphs and tables as text; headings become markdown headings (so the markdown
+    chunker and `rag tune`'s heading pairs see its sections); the core title, if set, is metadata."""
+    import docx
+
+    try:
+        document = docx.Document(str(path))
+    except Exception as e:  # a damaged file surfaces as BadZipFile, KeyError, lxml or python-docx errors: all a skip
+        raise _Skip(f"unreadable docx: {type(e).__name__}: {e}") from None
+    lines = []
+    for paragraph in document.paragraphs:
+        text = paragraph.text.strip()
+        if not text:
+            continue
+        style = (paragraph.style.name if paragraph.style is not None else "") or ""
+        level = style.removeprefix("Heading ").strip()
+        if style == "Title":
+            lines.append(f"# {text}")
+        elif style.startswith("Heading ") and level.isdigit():
+            lines.append(f"{'#' * min(int(level) + 1, 6)} {text}")  # Title is level 1, so Heading 1 is ##
+        else:
+            lines.append(text)
+    for table in document.tables:
+        for row in table.rows:
+            cells = [c.text.strip() for c in row.cells]
+            if any(cells):
+                lines.append(" | ".join(cells))
+    title = (document.core_properties.title or "").strip()
+    return "\n\n".join(lines), ({"title": title} if title else {})
+
+
+def _cell(value: str) -> Any:
+    """A CSV cell as metadata: whole numbers and decimals as numbers (so `page=3` and `year={gte: 2020}` filter
+    them), anything else as the string."""
+    if re.fullmatch(r"-?\d{1,18}", value):
+        return int(value)
+    if re.fullmatch(r"-?\d+\.\d+", value):
+        return float(value)
+    return value
+
+
+def _table(path: Path, config: IngestConfig, report: IngestReport) -> list[Document]:
+    """CSV/TSV rows as records: the `text_key` column is the passage (else every column as `name: value` lines),
+    the `id_key` column its id (else FILE:ROW), the other columns metadata."""
+    import csv
+
+    text = _read_text(path)
+    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    try:
+        rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
+    except csv.Error as e:
+        raise _Skip(f"unreadable CSV: {e}") from None
+    if not rows:
+        raise _Skip("no rows (a header line and at least one row are needed)")
+    docs = []
+    for n, row in enumerate(rows, 2):  # line 1 is the header
+        if None in row:
+            report.skipped.append(Skipped(f"{path}:{n}", f"{len(row[None])} more fields than the header names"))
+            continue
+        values = {k: (v or "").strip() for k, v in row.items()}
+        if config.text_key in values:
+            body = values[config.text_key]
+        else:
+            body = "\n".join(f"{k}: {v}" for k, v in values.items() if v and k != config.id_key)
+        if not body:
+            report.skipped.append(Skipped(f"{path}:{n}", "empty text"))
+            continue
+        meta = {k: _cell(v) for k, v in values.items() if k not in (config.text_key, config.id_key)}
+        doc_id = values.get(config.id_key) or f"{path}:{n}"
+        docs.append(Document(str(path), body, doc_id, None, "text", meta, sha256_text(body)))
+    return docs
+
+
 def _image(path: Path) -> Document:
     from PIL import Image, UnidentifiedImageError
 
@@ -188,8 +264,12 @@ def read_file(path: Path, config: IngestConfig, report: IngestReport) -> list[Do
         return [Document(str(path), text, str(path), page, "text", {}, sha256_text(text)) for page, text in _pdf_pages(path)]
     if suffix in RECORD_SUFFIXES:
         return _records(path, config, report)
+    if suffix in TABLE_SUFFIXES:
+        return _table(path, config, report)
     if suffix in HTML_SUFFIXES:
         text, meta = _html(path)
+    elif suffix == ".docx":
+        text, meta = _docx(path)
     else:
         text, meta = _read_text(path).strip(), {}
     if not text:
@@ -202,7 +282,8 @@ def ingest(paths: Iterable[str | os.PathLike], config: IngestConfig | None = Non
     config = config or IngestConfig()
     report = IngestReport()
     seen: dict[str, str] = {}  # content hash -> first source
-    for path in iter_files(paths, config.follow_symlinks):
+    # tqdm decides: a bar on a terminal, nothing in logs or tests
+    for path in tqdm(iter_files(paths, config.follow_symlinks), desc="ingest", unit=" files", disable=None):
         try:
             if not path.exists():
                 raise _Skip("no such file or directory")

@@ -21,6 +21,7 @@ from mmadapt.rag.chunk import Chunk
 
 COLUMNS = ("chunk_id", "source", "doc_id", "page", "start", "end", "modality", "text", "metadata", "content_hash", "doc_hash")
 FILTER_COLUMNS = {"chunk_id", "source", "doc_id", "page", "modality"}
+NAMESPACE = "mmadapt."  # filter keys naming mmadapt's own columns, never a passage's metadata
 _OPS = {"eq": "=", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 SCHEMA = """
@@ -142,6 +143,23 @@ def delete(conn: sqlite3.Connection, ids: np.ndarray, tombstone: bool) -> None:
             conn.executemany("INSERT OR IGNORE INTO tombstones (id) VALUES (?)", [(x,) for x in part])
 
 
+def rows_of_docs(conn: sqlite3.Connection, doc_ids: list[str]) -> dict[str, sqlite3.Row]:
+    """{chunk_id: row (every column, vector included)} of the passages of the given documents."""
+    out = {}
+    for i in range(0, len(doc_ids), 500):
+        part = doc_ids[i : i + 500]
+        for r in conn.execute(f"SELECT * FROM chunks WHERE doc_id IN ({','.join('?' * len(part))})", part):
+            out[r["chunk_id"]] = r
+    return out
+
+
+def same_passage(row: sqlite3.Row, chunk: Chunk) -> bool:
+    """Whether a stored passage already is `chunk` (text, place, metadata and document hash alike)."""
+    return (row["content_hash"], row["source"], row["page"], row["start"], row["end"], row["modality"], row["doc_hash"],
+            row["metadata"]) == (chunk.content_hash, chunk.source, chunk.page, chunk.start, chunk.end, chunk.modality,
+                                 chunk.doc_hash, json.dumps(chunk.metadata, sort_keys=True, default=str))
+
+
 def tombstones(conn: sqlite3.Connection) -> np.ndarray:
     return np.asarray([r[0] for r in conn.execute("SELECT id FROM tombstones ORDER BY id")], dtype=np.int64)
 
@@ -206,8 +224,10 @@ def filter_sql(filters: dict[str, Any] | None, table: str = "chunks") -> tuple[s
     """Metadata filters -> (SQL condition, parameters).
 
     `{key: value}` is equality, `{key: [a, b]}` membership, `{key: {gte: 3, lt: 9}}` comparisons
-    (eq ne lt lte gt gte in prefix). Keys are the columns source, doc_id, chunk_id, page, modality,
-    or any field of the passage's metadata.
+    (eq ne lt lte gt gte in prefix). A key names a field of the passage's own metadata (a record's
+    `source`, `page`, `doc_id`, ... included); `source`, `doc_id`, `chunk_id`, `page` and `modality` fall back to
+    mmadapt's column of that name for passages without such a field, and `mmadapt.source` (etc.) always
+    reads mmadapt's column.
     """
     if not filters:
         return "1", []
@@ -215,9 +235,15 @@ def filter_sql(filters: dict[str, Any] | None, table: str = "chunks") -> tuple[s
     for key, cond in filters.items():
         if not isinstance(key, str) or not _KEY.match(key):
             raise ConfigError(f"filter key {key!r}: use letters, digits, '_', '-' or '.'")
-        column = key in FILTER_COLUMNS
-        expr = f"{table}.{key}" if column else f"json_extract({table}.metadata, ?)"
-        key_params = [] if column else [f'$."{key}"']  # the JSON path is bound too, never spliced into SQL
+        own = key.removeprefix(NAMESPACE)
+        if key.startswith(NAMESPACE):
+            if own not in FILTER_COLUMNS:
+                raise ConfigError(f"filter {key!r}: mmadapt's own fields are {', '.join(NAMESPACE + c for c in sorted(FILTER_COLUMNS))}")
+            expr, key_params = f"{table}.{own}", []
+        elif key in FILTER_COLUMNS:  # the passage's own field of that name if it has one, else mmadapt's column
+            expr, key_params = f"COALESCE(json_extract({table}.metadata, ?), {table}.{key})", [f'$."{key}"']
+        else:  # the JSON path is bound too, never spliced into SQL
+            expr, key_params = f"json_extract({table}.metadata, ?)", [f'$."{key}"']
         ops = cond if isinstance(cond, dict) else ({"in": cond} if isinstance(cond, list) else {"eq": cond})
         for op, value in ops.items():
             if op in _OPS:

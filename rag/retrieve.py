@@ -50,6 +50,35 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) 
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
+def check_reranker(name: str) -> None:
+    """Refuse a cross-encoder whose scoring head is not in its weights (a plain encoder such as an embedder's
+    transformer): transformers would initialise the head at random and every ranking would be noise."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"retrieve.reranker {name!r} cannot be loaded: {e}") from e
+    heads = [a for a in config.architectures or [] if a.endswith("ForSequenceClassification")]
+    missing: list[str] = []
+    if heads:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the check itself reports what is missing
+        try:
+            _, info = AutoModelForSequenceClassification.from_pretrained(name, output_loading_info=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"retrieve.reranker {name!r} cannot be loaded: {e}") from e
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = list(info.get("missing_keys", []))
+    if not heads or missing:
+        what = f"its weights lack {', '.join(sorted(missing)[:4])}" if heads else (
+            f"it is a {', '.join(config.architectures or ['plain'])} model, not a sequence-classification one")
+        raise ConfigError(f"retrieve.reranker {name!r} has no trained scoring head ({what}): it would rank at random; "
+                          "give a trained cross-encoder, e.g. OUT/reranker of `mmadapt rag tune`")
+
+
 class Retriever:
     """Retrieval over one index; the cross-encoder, if any, is loaded once and kept."""
 
@@ -63,6 +92,7 @@ class Retriever:
         if self._reranker is None and self.config.reranker:
             from sentence_transformers import CrossEncoder
 
+            check_reranker(self.config.reranker)
             try:
                 self._reranker = CrossEncoder(self.config.reranker, device="cpu")
             except (OSError, ValueError) as e:
@@ -88,6 +118,8 @@ class Retriever:
         n = len(queries or images or [])
         if queries and images and len(queries) != len(images):
             raise DataError(f"{len(queries)} text queries but {len(images)} images")
+        if self.index.auto_reload:
+            self.index.reload()  # before embedding: a newer generation may have another embedder
         mode = self.config.mode
         depth = max(k, self.config.candidates) if (mode == "hybrid" or self.config.reranker or images and queries) else k
         rankings: list[list[list[Hit]]] = [[] for _ in range(n)]

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -63,6 +64,15 @@ class AddReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (chunk or document, reason)
 
 
+@dataclass
+class UpdateReport:
+    changed: int = 0  # passages rewritten (re-embedded only when their text changed)
+    unchanged: int = 0
+    added: int = 0
+    removed: int = 0  # passages of updated documents their new version no longer has
+    embedded: int = 0  # passages embedded for this update
+
+
 class RagIndex:
     """Passages with their embeddings: `add`, `delete`, `update`, `search`; open with `RagIndex.open(dir)`."""
 
@@ -70,6 +80,9 @@ class RagIndex:
         self.path = Path(path)
         self.final_path = Path(final_path or path)
         self._embedder = embedder
+        self._embedder_given = embedder is not None  # else loaded from the recorded config (and reloaded with it)
+        self.auto_reload = True  # searches first switch to a generation a writer committed since (one stat call)
+        self._reload_lock = threading.Lock()
         self._load()
         if embedder is not None:
             check_identity(self.store["embedder"], embedder.identity, str(self.final_path))
@@ -139,8 +152,41 @@ class RagIndex:
             built._close()
         return cls(path, embedder), report
 
+    def _signature(self) -> tuple[int, int, int]:
+        st = (self.path / MANIFEST).stat()  # a commit replaces the file: a new inode, time and usually size
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> bool:
+        """Switch to the newest committed generation if a writer committed one since this index was read
+        (cheap when nothing changed: one stat of manifest.json); True when it switched."""
+        try:
+            signature = self._signature()
+        except OSError:
+            return False
+        if signature == self._seen:
+            return False
+        with self._reload_lock:
+            if read_manifest(self.path)["store"]["generation"] == self.store["generation"]:
+                self._seen = signature
+                return False
+            identity = self.store["embedder"]
+            self._load()  # the previous connection is left to the garbage collector: a search may still use it
+            if self.store["embedder"] != identity:
+                if self._embedder_given:
+                    raise DataError(f"{self.final_path}: re-embedded with {self.store['embedder']['name']!r} since it "
+                                    f"was opened with {identity['name']!r}; open it again with the new embedder")
+                self._embedder = None  # loaded again, from the newly recorded config, on the next query
+            logger.info("%s: now reading generation %d", self.final_path, self.store["generation"])
+            return True
+
+    def _refresh(self) -> None:
+        if self.auto_reload:
+            self.reload()
+
     def _load(self, attempts: int = 5) -> None:
         for _ in range(attempts):
+            with contextlib.suppress(OSError):
+                self._seen = self._signature()  # taken before reading: a commit in between is seen next time
             self.manifest = read_manifest(self.path)
             self.store = self.manifest["store"]
             gen_dir = self.path / f"gen-{self.store['generation']:06d}"
@@ -309,7 +355,8 @@ class RagIndex:
         if size > self.embedder.max_tokens and cfg.tokenizer == "embedder":
             logger.warning("chunk.size %d is over the %d tokens embedder %s reads: the end of long passages is not "
                            "embedded", size, self.embedder.max_tokens, self.store["embedder"]["name"])
-        return chunk_documents(documents, load_token_spans(cfg, self.embedder), size, min(cfg.overlap, size - 1))
+        return chunk_documents(documents, load_token_spans(cfg, self.embedder), size, min(cfg.overlap, size - 1),
+                               cfg.strategy)
 
     def add_documents(self, documents: list[Document], replace: bool = False) -> AddReport:
         """Chunk, embed and add documents; `replace`: first remove what their sources held (an updated file)."""
@@ -318,8 +365,15 @@ class RagIndex:
         if images and "image" not in self.embedder.modalities:
             report.skipped += [(d.source, "an image needs an image embedder (embedder.type: open_clip)") for d in images]
             documents = [d for d in documents if d.modality != "image"]
-        sources = sorted({d.source for d in documents}) if replace else []
+        sources = self.matching_sources({d.source for d in documents}) if replace else []
         return self.add_chunks(self.chunk(documents), replace_sources=sources, report=report)
+
+    def matching_sources(self, sources: set[str]) -> list[str]:
+        """The indexed sources that are the same files as `sources` (compared by resolved path, so `small.jsonl`
+        and `$PWD/small.jsonl` match), with `sources` themselves."""
+        wanted = {_resolved(s) for s in sources}
+        indexed = [r[0] for r in self.conn.execute("SELECT DISTINCT source FROM chunks")]
+        return sorted(set(sources) | {s for s in indexed if _resolved(s) in wanted})
 
     def add_chunks(
         self, chunks: list[Chunk], vectors: np.ndarray | None = None, replace_sources: list[str] = (),
@@ -351,6 +405,80 @@ class RagIndex:
         """Replace passages by chunk id (new text, metadata or vector); ids not present yet are added."""
         return self.add_chunks(chunks, vectors, replace_ids=True)
 
+    def update_documents(self, documents: list[Document]) -> UpdateReport:
+        """Replace documents by id, embedding only what changed: a passage whose text changed is re-embedded, one
+        whose metadata alone changed keeps its vector, an unchanged one is left alone, one the new version no
+        longer has is removed; documents the index does not hold yet are added."""
+        report = UpdateReport()
+        chunks = self.chunk(documents)
+        old = meta.rows_of_docs(self.conn, sorted({c.doc_id for c in chunks}))
+        new_ids = {c.chunk_id for c in chunks}
+        write, vectors, embed = [], [], []
+        for c in chunks:
+            row = old.get(c.chunk_id)
+            if row is not None and meta.same_passage(row, c):
+                report.unchanged += 1
+                continue
+            if row is not None and row["content_hash"] == c.content_hash:
+                vectors.append(np.frombuffer(row["vector"], dtype=np.float32))
+            else:
+                vectors.append(None)
+                embed.append(len(write))
+            report.changed += row is not None
+            report.added += row is None
+            write.append(c)
+        removed = [cid for cid in old if cid not in new_ids]
+        report.removed, report.embedded = len(removed), len(embed)
+        if not write and not removed:
+            return report  # nothing changed: no generation is written
+        fresh = self.embed_chunks([write[i] for i in embed])
+        for j, i in enumerate(embed):
+            vectors[i] = fresh[j]
+        matrix = np.stack(vectors) if write else np.zeros((0, self.dim), dtype=np.float32)  # [n, dim]
+        with self._transaction() as conn:
+            self._delete_rows(conn, meta.ids_for(conn, chunk_ids=[c.chunk_id for c in write] + removed))
+            vindex.add(self.faiss, matrix, meta.insert(conn, write, matrix))
+        logger.info("updated %s: %s", self.final_path, report)
+        return report
+
+    def reembed(self, embedder: Any, batch: int = 4096) -> None:
+        """Re-embed every passage with another embedder (e.g. one tuned on this corpus) as one new generation;
+        readers keep the old generation until it commits. The embedder becomes the index's recorded one."""
+        previous = self._embedder
+        try:
+            self._reembed(embedder, batch)
+        except BaseException:
+            self._embedder = previous  # the transaction rolled back to the committed generation and its embedder
+            raise
+        self._embedder_given = True
+
+    def _reembed(self, embedder: Any, batch: int) -> None:
+        from tqdm.auto import tqdm
+
+        from mmadapt.rag.embed import EmbedderConfig
+
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT id, chunk_id, text, source, modality FROM chunks ORDER BY id").fetchall()
+            self._embedder, self.store["embedder"] = embedder, dict(embedder.identity)
+            if isinstance(getattr(embedder, "config", None), EmbedderConfig):
+                self.manifest["config"]["embedder"] = to_dict(embedder.config)
+                self.manifest["parents"] = [describe_input(p) for p in local_weights(embedder.config)]
+            for i in tqdm(range(0, len(rows), batch), desc="re-embed", disable=len(rows) <= batch):
+                part = rows[i : i + batch]
+                chunks = [Chunk(r[1], r[2], r[3], "", modality=r[4]) for r in part]
+                vectors = self.embed_chunks(chunks)
+                conn.executemany("UPDATE chunks SET vector = ? WHERE id = ?",
+                                 [(meta.to_blob(v), r[0]) for v, r in zip(vectors, part)])
+            ids, vectors = meta.all_vectors(conn, self.dim)
+            kind = vindex.resolve_kind(self.config.index, len(ids))
+            if kind == "ivfpq" and len(ids) < vindex.min_train_size(self.config.index):
+                kind = "flat"
+            self.faiss = vindex.new_index(kind, self.dim, self.config.index,
+                                          train=_training_sample(vectors) if kind == "ivfpq" else None)
+            vindex.add(self.faiss, vectors, ids)
+            conn.execute("DELETE FROM tombstones")
+            self.store["trained_on"] = len(ids) if kind == "ivfpq" else 0
+
     def delete(self, chunk_ids: list[str] = (), sources: list[str] = (), doc_ids: list[str] = ()) -> int:
         """Delete passages by chunk id, source file or document id; returns how many were deleted."""
         rows = meta.ids_for(self.conn, chunk_ids, sources, doc_ids)
@@ -364,6 +492,7 @@ class RagIndex:
     # ----------------------------------------------------------------------------- reading
     def search(self, queries: np.ndarray, k: int = 5, filters: dict[str, Any] | None = None) -> list[list[Hit]]:
         """Dense top-k for each query vector [q, dim] (higher score is better), restricted by metadata filters."""
+        self._refresh()
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.dim:
             raise DataError(f"query vectors have dimension {queries.shape[1]}, the index holds {self.dim}")
@@ -390,6 +519,7 @@ class RagIndex:
 
     def lexical(self, query: str, k: int = 5, filters: dict[str, Any] | None = None) -> list[Hit]:
         """BM25 top-k over the passages' text."""
+        self._refresh()
         if not self.store.get("lexical"):
             raise ConfigError(f"{self.final_path}: built without an FTS5 table (this sqlite3 lacks FTS5); use dense search")
         ids, scores = meta.lexical(self.conn, query, k, filters)
@@ -397,15 +527,24 @@ class RagIndex:
 
     def get(self, chunk_ids: Sequence[str] = (), doc_ids: Sequence[str] = ()) -> list[Hit]:
         """Passages by chunk id or document id (score 0), in index order."""
+        self._refresh()
         rows = meta.ids_for(self.conn, chunk_ids=chunk_ids, doc_ids=doc_ids)
         return meta.hits_for(self.conn, [int(r) for r in rows], [0.0] * len(rows))
 
     def chunk_ids(self) -> list[str]:
+        self._refresh()
         return [r[0] for r in self.conn.execute("SELECT chunk_id FROM chunks ORDER BY id")]
 
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.final_path), "generation": self.store["generation"], "kind": self.store["index_kind"],
                 "metric": self.store["metric"], "embedder": self.store["embedder"], **self.store["counts"]}
+
+
+def _resolved(source: str) -> str:
+    try:
+        return str(Path(source).resolve())
+    except (OSError, RuntimeError):
+        return source
 
 
 def _training_sample(vectors: np.ndarray, limit: int = 200_000, seed: int = 0) -> np.ndarray:

@@ -145,7 +145,8 @@ def run_config(out: Path, seed: int, epochs: float) -> dict[str, Any]:
                        "tie_word_embeddings": True},
             "tokenizer": str(out / "data" / "tokenizer"),
         }},
-        "data": {"train": str(out / "data" / "train.jsonl"), "max_length": 96},
+        # the prompt layout is recorded with the model, so `mmadapt rag ask` asks the way it was trained
+        "data": {"train": str(out / "data" / "train.jsonl"), "max_length": 96, "retrieval": {"prompt": PROMPT}},
         "training": {"threads": 1, "batch_size": 64, "lr": 2e-3, "warmup_ratio": 0.05, "scheduler": "cosine",
                      "epochs": epochs, "train_modules": ["llm"], "logging_steps": 50},
     }
@@ -163,7 +164,7 @@ def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int 
     from mmadapt.errors import ConfigError
     from mmadapt.model import MultimodalLM
     from mmadapt.quickstart.tokenizer import train_word_tokenizer
-    from mmadapt.rag.augment import RAGPipeline
+    from mmadapt.rag.augment import RAGPipeline, training_prompt
     from mmadapt.rag.ingest import ingest
     from mmadapt.rag.retrieve import RetrieveConfig, Retriever, evaluate
     from mmadapt.rag.store import RagIndex
@@ -193,7 +194,7 @@ def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int 
 
     summary = train(load_run(run_config(out, seed, epochs)), overwrite=True)  # re-runs replace their own outputs
     model = MultimodalLM.from_pretrained(out / "model")
-    pipeline = RAGPipeline(model, retriever, prompt=_prompt(), max_new_tokens=3)
+    pipeline = RAGPipeline(model, retriever, prompt=training_prompt(out / "model"), max_new_tokens=3)
     questions = [f.question for f in eval_facts]
     with_rag = pipeline.ask_batch(questions)
     without = pipeline.ask_batch(questions, retrieve=False)
@@ -218,8 +219,3 @@ def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int 
         print(f"  [{s.n}] {s.text}  ({s.chunk_id}, score {s.score:.3f})")
     return metrics
 
-
-def _prompt() -> Any:
-    from mmadapt.rag.augment import PromptConfig
-
-    return PromptConfig(**PROMPT)

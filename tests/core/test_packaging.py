@@ -28,6 +28,7 @@ def test_wheel_has_exactly_one_top_level_package(wheel):
     for folder in ("encoders", "connectors", "rag", "editing"):
         assert f"mmadapt/{folder}/__init__.py" in names
     assert "mmadapt/quickstart/configs/vlm.yaml" in names
+    assert "mmadapt/ui/static/index.html" in names  # the web app ships its page
 
 
 def test_built_wheel_imports_subpackages(wheel, tmp_path):
