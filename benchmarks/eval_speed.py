@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from timing import best_of  # benchmarks/timing.py
 
 
 def tiny_model(root: Path):
@@ -34,13 +35,6 @@ def tiny_model(root: Path):
     return MultimodalLM.from_config(config).eval()
 
 
-def best_of(fn, repeats: int = 2) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
+
+from timing import best_of  # benchmarks/timing.py
 
 
 def build(root: Path, args: argparse.Namespace) -> Path:
@@ -32,13 +33,6 @@ def build(root: Path, args: argparse.Namespace) -> Path:
     return model.save_pretrained(root / "ckpt")
 
 
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -56,12 +50,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = build(Path(tmp), args)
         size = sum(p.stat().st_size for p in ckpt.rglob("*.safetensors"))
-        verified = best(lambda: MultimodalLM.from_pretrained(ckpt), args.repeats)
-        hashing = best(lambda: hash_files(ckpt), args.repeats)
+        verified = best_of(lambda: MultimodalLM.from_pretrained(ckpt), args.repeats)
+        hashing = best_of(lambda: hash_files(ckpt), args.repeats)
         check = lineage.check_complete
         lineage.check_complete = lambda *a, **k: {}  # the same load with the check switched off
         try:
-            unverified = best(lambda: MultimodalLM.from_pretrained(ckpt), args.repeats)
+            unverified = best_of(lambda: MultimodalLM.from_pretrained(ckpt), args.repeats)
         finally:
             lineage.check_complete = check
     print(f"weights: {size / 1e6:.0f} MB (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab})")

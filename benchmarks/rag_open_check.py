@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
+from timing import best_of  # benchmarks/timing.py
 
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+
 
 
 def main() -> None:
@@ -50,8 +44,8 @@ def main() -> None:
         manifest = {"files": {"gen-000001/index.faiss": sha256_file(gen / "index.faiss")}}
         size_mb = (gen / "index.faiss").stat().st_size / 1e6
 
-        read = best(lambda: faiss.read_index(str(gen / "index.faiss")), args.repeats)
-        check = best(lambda: check_checksums(root, manifest, gen), args.repeats)
+        read = best_of(lambda: faiss.read_index(str(gen / "index.faiss")), args.repeats)
+        check = best_of(lambda: check_checksums(root, manifest, gen), args.repeats)
     print(f"index.faiss: {args.vectors} x {args.dim} float32, {size_mb:.1f} MB")
     print(f"faiss.read_index: {read * 1e3:.1f} ms")
     print(f"check_checksums (SHA-256): {check * 1e3:.1f} ms ({size_mb / check:.0f} MB/s)")

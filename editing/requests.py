@@ -156,16 +156,10 @@ def parse_requests(records: list[Any], source: str = "requests") -> list[EditReq
 
 def read_requests(path: str | Path) -> list[EditRequest]:
     """Read `edits.jsonl` (one JSON object per line) or a JSON list; `where` is "file:line" (1-based)."""
+    from mmadapt.io import read_utf8
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"edit requests file {path} does not exist")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
-                        "edit requests must be UTF-8 JSON") from None
+    text = read_utf8(path, "an edit requests file", DataError)
     items: list[tuple[str, Any]] = []
     if text.lstrip().startswith("["):
         try:

@@ -219,16 +219,10 @@ def interpolate(data: Any, root: dict[str, Any] | None = None, path: str = "",
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    from mmadapt.io import read_utf8
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
-                          f"a config file must be UTF-8 text") from None
+    text = read_utf8(path, "a config file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -22,6 +22,21 @@ from mmadapt.errors import ConfigError, MMAdaptError
 MANIFEST = "manifest.json"  # lineage.MANIFEST; here to avoid an import cycle
 
 
+def read_utf8(path: str | os.PathLike, kind: str, error: type[MMAdaptError] = ConfigError) -> str:
+    """A text file's contents; a missing file or a byte that is not UTF-8 is `error` naming the file and line
+    (`kind`: what the file is, for the message: "a data file", "a config file", ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{kind} not found: {path}")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: line {line} holds byte 0x{raw[e.start]:02x}, which is not valid UTF-8; {kind} "
+                    "must be UTF-8 text") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -11,16 +11,10 @@ from mmadapt.errors import DataError
 
 def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """[(where, record)] from a JSON list file or a JSON-lines file; a malformed line names file and line."""
+    from mmadapt.io import read_utf8
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
-                        "a data file must be UTF-8 JSON") from None
+    text = read_utf8(path, "a data file", DataError)
     if path.suffix == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)
