@@ -279,6 +279,29 @@ def save_edit_record(tmp: Path, record: dict[str, Any]) -> None:
     atomic_write_json(tmp / EDIT_DIR / EDIT_FILE, record)
 
 
+def edit_record(ckpt: Checkpoint, model_dir: str | Path, model_id: str, base_files: dict[str, str], requests: list,
+                patched: dict[str, Any], outcomes: list[dict[str, Any]], *, method: str, hparams: dict[str, Any],
+                layers: list[int], layer_choice: dict[str, Any] | None, metrics: dict[str, Any],
+                per_request: Any) -> dict[str, Any]:
+    """The edit.json of an edited checkpoint (also of a re-applied edit): what changed, how it went, what to revert."""
+    return {
+        "status": "ok" if all(o["status"] == "ok" for o in outcomes) else "weak",  # weak: written only with allow_weak
+        "outcomes": outcomes,
+        "layer_choice": layer_choice or {"source": "hparams"},
+        "method": method,
+        "hparams": hparams,
+        "layers": layers,
+        "requests": [r.to_dict() | {"where": r.where} for r in requests],
+        "delta_norms": {name: entry["delta_norm"] for name, entry in patched.items()},
+        "metrics": metrics,
+        "per_request": per_request,
+        "patched": patched,
+        "checkpoint_kind": ckpt.kind,
+        "llm_dir": str(ckpt.llm_dir.relative_to(ckpt.root)),
+        "base": {"path": str(model_dir), "model_id": model_id, "files": base_files},
+    }
+
+
 def edit_checkpoint(model_dir: str | Path, requests: list, method: str, hparams: dict[str, Any] | None, out: str | Path,
                     stats_dir: str | Path | None = None, overwrite: bool = False, allow_weak: bool = False,
                     min_gain: float = 0.5) -> dict[str, Any]:
@@ -313,26 +336,14 @@ def edit_checkpoint(model_dir: str | Path, requests: list, method: str, hparams:
         patched = write_edited(ckpt, model, result.deltas, tmp)
         after, per_request = evaluate(model, tok, requests)
         outcomes = edit_outcomes(before_rows, per_request, min_gain)
-        status = "ok" if all(o["status"] == "ok" for o in outcomes) else "weak"
-        if status != "ok" and not allow_weak:  # raised inside the output context: nothing is written
+        if any(o["status"] != "ok" for o in outcomes) and not allow_weak:  # raised inside the output context: nothing is written
             raise WeakEditError(describe_weak(requests, outcomes, result.details.get("layers", []),
                                               result.details.get("layer_choice")))
-        record = {
-            "status": status,  # "weak": some edits did not take (written only with allow_weak); see outcomes
-            "outcomes": outcomes,
-            "layer_choice": result.details.get("layer_choice", {"source": "hparams"}),
-            "method": method,
-            "hparams": to_dict(hp),
-            "layers": result.details.get("layers", []),
-            "requests": [r.to_dict() | {"where": r.where} for r in requests],
-            "delta_norms": {name: entry["delta_norm"] for name, entry in patched.items()},
-            "metrics": {"before": before, "after": after, "method": result.metrics},
-            "per_request": per_request,
-            "patched": patched,
-            "checkpoint_kind": ckpt.kind,
-            "llm_dir": str(ckpt.llm_dir.relative_to(ckpt.root)),
-            "base": {"path": str(model_dir), "model_id": model_id, "files": base_files},
-        }
+        record = edit_record(
+            ckpt, model_dir, model_id, base_files, requests, patched, outcomes,
+            method=method, hparams=to_dict(hp), layers=result.details.get("layers", []),
+            layer_choice=result.details.get("layer_choice"),
+            metrics={"before": before, "after": after, "method": result.metrics}, per_request=per_request)
         save_edit_record(tmp, record)
         write_manifest(tmp, kind="edit", config={"method": method, "hparams": to_dict(hp), "n_requests": len(requests)},
                        inputs=[model_dir], final_path=out,

@@ -35,7 +35,7 @@ def reapply(edited: str | Path, model_dir: str | Path, out: str | Path, overwrit
     from safetensors.torch import load_file
 
     from mmadapt.config import to_dict
-    from mmadapt.editing.checkpoint import (DELTAS_FILE, EDIT_DIR, load_llm, open_checkpoint, read_edit,
+    from mmadapt.editing.checkpoint import (DELTAS_FILE, EDIT_DIR, edit_record, load_llm, open_checkpoint, read_edit,
                                             save_edit_record, weights_id, write_edited)
     from mmadapt.editing.evaluate import WeakEditError, describe_weak, edit_outcomes, evaluate
     from mmadapt.io import check_output_dir, output_directory
@@ -75,26 +75,14 @@ def reapply(edited: str | Path, model_dir: str | Path, out: str | Path, overwrit
         patched = write_edited(ckpt, model, deltas, tmp)
         after, per_request = evaluate(model, tok, requests)
         outcomes = edit_outcomes(before_rows, per_request, min_gain)
-        status = "ok" if all(o["status"] == "ok" for o in outcomes) else "weak"
-        if status != "ok" and not allow_weak:  # inside the output context: nothing is written
+        if any(o["status"] != "ok" for o in outcomes) and not allow_weak:  # inside the output context: nothing written
             raise WeakEditError(describe_weak(requests, outcomes, info.get("layers", []), info.get("layer_choice")))
-        record = {
-            "status": status,
-            "outcomes": outcomes,
-            "reapplied_from": {"path": str(edited), "model_id": info["base"].get("model_id"), "mode": "deltas"},
-            "layer_choice": info.get("layer_choice", {"source": "hparams"}),
-            "method": info.get("method", "?"),
-            "hparams": info.get("hparams", {}),
-            "layers": info.get("layers", []),
-            "requests": [r.to_dict() | {"where": r.where} for r in requests],
-            "delta_norms": {name: entry["delta_norm"] for name, entry in patched.items()},
-            "metrics": {"before": before, "after": after, "method": {}},
-            "per_request": per_request,
-            "patched": patched,
-            "checkpoint_kind": ckpt.kind,
-            "llm_dir": str(ckpt.llm_dir.relative_to(ckpt.root)),
-            "base": {"path": str(model_dir), "model_id": model_id, "files": base_files},
-        }
+        record = edit_record(
+            ckpt, model_dir, model_id, base_files, requests, patched, outcomes,
+            method=info.get("method", "?"), hparams=info.get("hparams", {}), layers=info.get("layers", []),
+            layer_choice=info.get("layer_choice"), metrics={"before": before, "after": after, "method": {}},
+            per_request=per_request)
+        record["reapplied_from"] = {"path": str(edited), "model_id": info["base"].get("model_id"), "mode": "deltas"}
         save_edit_record(tmp, record)
         write_manifest(tmp, kind="edit", config={"reapplied_from": str(edited), "method": record["method"],
                                                  "hparams": to_dict(record["hparams"]), "n_requests": len(requests)},
