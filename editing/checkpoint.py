@@ -336,7 +336,8 @@ def edit_checkpoint(model_dir: str | Path, requests: list, method: str, hparams:
         patched = write_edited(ckpt, model, result.deltas, tmp)
         after, per_request = evaluate(model, tok, requests)
         outcomes = edit_outcomes(before_rows, per_request, min_gain)
-        if any(o["status"] != "ok" for o in outcomes) and not allow_weak:  # raised inside the output context: nothing is written
+        # raised inside the output context: nothing is written
+        if any(o["status"] != "ok" for o in outcomes) and not allow_weak:
             raise WeakEditError(describe_weak(requests, outcomes, result.details.get("layers", []),
                                               result.details.get("layer_choice")))
         record = edit_record(
