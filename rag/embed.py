@@ -8,7 +8,6 @@ query is never embedded by a different model than the passages were.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -97,7 +96,7 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = fn(list(texts), batch_size=self.config.batch_size, normalize_embeddings=self.config.normalize,
-                 show_progress_bar=len(texts) > self.config.batch_size and sys.stderr.isatty(), convert_to_numpy=True)
+                 show_progress_bar=len(texts) > 4 * self.config.batch_size, convert_to_numpy=True)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
