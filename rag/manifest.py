@@ -27,18 +27,11 @@ def fsync(path: Path) -> None:
 
 @contextlib.contextmanager
 def writer_lock(directory: Path) -> Iterator[None]:
-    """An exclusive advisory lock for writers (POSIX; elsewhere writers must not overlap)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
+    """An exclusive lock for writers (filelock: POSIX and Windows alike); readers never take it."""
+    from filelock import FileLock
+
+    with FileLock(str(directory / ".lock")):
         yield
-        return
-    with open(directory / ".lock", "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
