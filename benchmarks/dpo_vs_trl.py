@@ -5,8 +5,12 @@
 
 A Llama-shaped model with random weights is saved once (a plain HF directory with a word-level
 tokenizer and a ChatML template); both trainers fine-tune all of it with a frozen reference copy,
-on the same conversational pairs, gradient checkpointing off on both sides (TRL's default is on). Each runs in
-its own process; printed: steps/s, the final training loss, and the ratio mmadapt / TRL (> 1: mmadapt is faster).
+on the same conversational pairs, gradient checkpointing off on both sides (TRL's default is on), one forward of
+chosen+rejected rows and a no-grad reference forward on both. Both project only what they score through the LM
+head: mmadapt passes HF's `logits_to_keep` (the positions of supervised tokens); TRL's fused LM head
+(`add_fused_lm_head`) scores only labelled positions on Triton devices (GPUs) and every position elsewhere (CPU).
+Each run is its own process; the two alternate round by round (order flipped each round) and the median of the
+per-round ratios mmadapt / TRL (steps/s; > 1: mmadapt is faster) is printed last as `ratio=`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +60,7 @@ def run_ours(root: Path, args: argparse.Namespace) -> dict:
                      "scheduler": "constant", "train_modules": ["llm"], "logging_steps": args.steps,
                      "precision": "fp32"},
     })
-    metrics = train(config)
+    metrics = train(config, overwrite=True)  # each round reuses the output directory
     return {"steps_per_second": metrics["train_steps"] / metrics["train_seconds"], "loss": metrics["train_loss"]}
 
 
@@ -92,6 +97,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=32, help="prompt length in words (completions: half)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8, help="pairs per step")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each runs both trainers)")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,26 +112,33 @@ def main() -> None:
     except ImportError:
         print("TRL is not installed (pip install 'mmadapt[bench]'): timing mmadapt only")
         variants = ["ours"]
-    results = {}
+    rounds: dict[str, list[dict]] = {variant: [] for variant in variants}
+    ratios = []
     with tempfile.TemporaryDirectory(prefix="mmadapt-dpo-bench-") as tmp:
         root = Path(tmp)
         build(root, args)
-        for variant in variants:
-            cmd = [sys.executable, __file__, "--child", variant, "--root", str(root)]
-            for key in ("hidden", "layers", "vocab", "pairs", "words", "steps", "batch"):
-                cmd += [f"--{key}", str(getattr(args, key))]
-            output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[variant] = json.loads(output.strip().splitlines()[-1])
+        for round_ in range(args.rounds):
+            # interleaved, order flipped each round: a change in machine load hits both sides of a round alike
+            for variant in variants if round_ % 2 == 0 else variants[::-1]:
+                cmd = [sys.executable, __file__, "--child", variant, "--root", str(root)]
+                for key in ("hidden", "layers", "vocab", "pairs", "words", "steps", "batch"):
+                    cmd += [f"--{key}", str(getattr(args, key))]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"the {variant} run failed:\n{done.stderr[-3000:]}")
+                output = done.stdout
+                rounds[variant].append(json.loads(output.strip().splitlines()[-1]))
+            if "trl" in rounds:
+                ratios.append(rounds["ours"][-1]["steps_per_second"] / rounds["trl"][-1]["steps_per_second"])
+                print(f"round {round_}: mmadapt/TRL {ratios[-1]:.3f}", flush=True)
 
     print(f"DPO, full fine-tuning with a frozen reference copy: Llama hidden {args.hidden} x {args.layers} layers, "
-          f"{args.batch} pairs/step, {args.steps} steps")
+          f"vocabulary {args.vocab}, {args.batch} pairs/step, {args.steps} steps, {args.rounds} interleaved rounds (medians)")
     print(f"{'trainer':<10}{'steps/s':>10}{'train loss':>12}")
-    for name, r in results.items():
-        print(f"{name:<10}{r['steps_per_second']:>10.2f}{r['loss']:>12.4f}")
-    if "trl" in results:
-        ratio = results["ours"]["steps_per_second"] / results["trl"]["steps_per_second"]
-        print(f"ratio mmadapt / TRL (steps/s): {ratio:.2f}")
-
+    for name, runs in rounds.items():
+        print(f"{name:<10}{statistics.median(r['steps_per_second'] for r in runs):>10.2f}{runs[-1]['loss']:>12.4f}")
+    if ratios:
+        print(f"ratio={statistics.median(ratios):.3f}")
 
 if __name__ == "__main__":
     main()

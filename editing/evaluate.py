@@ -3,7 +3,8 @@
 - efficacy: on the edit prompt, the new target is more probable than the old one;
 - paraphrase: the same on the request's paraphrase prompts;
 - neighborhood: on other subjects' prompts, their own answer stays more probable than the new target;
-- fluency: weighted bi-/tri-gram entropy of greedy generations (ROME's measure; lower = repetitive).
+- fluency: weighted bi-/tri-gram entropy of greedy generations (ROME's measure; lower = repetitive), each
+  `max_new_tokens` long, special tokens (end of sequence) suppressed so that texts are long enough to measure.
 Probabilities compare mean per-token log-probabilities, so targets of different lengths are fair.
 """
 
@@ -13,10 +14,11 @@ import dataclasses
 import math
 from collections import Counter
 
+import torch
 from torch import nn
 
 from mmadapt.editing.requests import EditRequest
-from mmadapt.editing.tokens import encode, greedy, score_targets
+from mmadapt.editing.tokens import device_of, encode, greedy, pad_id, score_targets
 from mmadapt.errors import DataError
 
 METRICS = ("efficacy", "paraphrase", "neighborhood", "fluency")
@@ -41,6 +43,22 @@ def _answer(model: nn.Module, tok, text: str, like: str) -> str:
     """The model's greedy continuation of `text`, as many tokens long as `like` is."""
     n = len(encode(tok, text, None, like).target_positions)
     return tok.decode(greedy(model, tok, text, n), skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def generation(model: nn.Module, tok, prompt: str, max_new_tokens: int = 20) -> str:
+    """`prompt` and its greedy continuation of exactly `max_new_tokens` words-or-pieces, special tokens suppressed.
+
+    Why suppressed: a model that answers one word then ends (as fact-trained models do) leaves a text
+    whose n-grams are all distinct, whose entropy is a function of its length alone; every edit,
+    good or degenerate, then scores the unedited model's fluency exactly (the quickstart's 2.107 for
+    six words). ROME's measure assumes long texts (its generate_fast writes 100 tokens).
+    """
+    ids = torch.tensor([tok(prompt)["input_ids"]], device=device_of(model))
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=pad_id(tok), eos_token_id=None,
+                         suppress_tokens=sorted(set(tok.all_special_ids)))
+    return prompt + " " + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def fill_missing_targets(model: nn.Module, tok, requests: list[EditRequest]) -> list[EditRequest]:
@@ -84,8 +102,7 @@ def evaluate(model: nn.Module, tok, requests: list[EditRequest], batch_size: int
         if n_neigh:
             row["neighborhood"] = sum(not w for w in new_wins[1 + n_para :]) / n_neigh
         prompts = request.generation_prompts or [request.text]
-        texts = [prompt + " " + tok.decode(greedy(model, tok, prompt, max_new_tokens), skip_special_tokens=True)
-                 for prompt in prompts]
+        texts = [generation(model, tok, prompt, max_new_tokens) for prompt in prompts]
         row["fluency"] = sum(ngram_entropy(t.lower().split()) for t in texts) / len(texts)
         per_request.append(row)
 

@@ -376,6 +376,30 @@ class DataConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """`training.distributed`: how `accelerate launch` processes share the model (mapped onto TrainingArguments'
+    fsdp / fsdp_config / deepspeed by mmadapt.train.distributed; the launcher sets the process count)."""
+
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
+    sharding: Literal["full_shard", "shard_grad_op"] = "full_shard"  # fsdp: shard params+grads+optim, or grads+optim
+    wrap: list[str] | None = None  # fsdp auto-wrap classes (None: the LLM's `_no_split_modules`, its decoder layer)
+    cpu_offload: bool = False
+    state_dict: Literal["sharded", "full"] = "sharded"  # checkpoint format (the final output is always gathered)
+    activation_checkpointing: bool = False
+    deepspeed: str | None = None  # path to a DeepSpeed JSON (ZeRO-2/3)
+
+    def __post_init__(self) -> None:
+        if self.strategy == "deepspeed" and not self.deepspeed:
+            raise ValueError("training.distributed.deepspeed must name a DeepSpeed JSON file when strategy is "
+                             "deepspeed (e.g. examples/deepspeed/zero2.json)")
+        if self.deepspeed and self.strategy != "deepspeed":
+            raise ValueError(f"training.distributed.deepspeed is set but strategy is {self.strategy!r}; "
+                             "set strategy: deepspeed or remove the deepspeed key")
+        if self.wrap is not None and not self.wrap:
+            raise ValueError("training.distributed.wrap must name at least one module class (or be null)")
+
+
+@dataclass
 class TrainingConfig:
     epochs: float = 1.0
     max_steps: int = -1  # overrides epochs when > 0
@@ -401,6 +425,7 @@ class TrainingConfig:
     # torch intra-op threads for this run (None: torch's default, one per core). Tiny models train faster on 1:
     # their ops are too small to split, and under load a spinning second thread can slow a step 30-fold.
     threads: int | None = None
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

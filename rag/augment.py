@@ -113,9 +113,9 @@ def cited_numbers(text: str, n_passages: int) -> list[int]:
     return list(dict.fromkeys(int(m) for m in _CITE.findall(text) if 1 <= int(m) <= n_passages))
 
 
-def training_prompt(model_dir: str | Path) -> PromptConfig | None:
-    """The prompt layout a model was trained with retrieval in (`data.retrieval.prompt` of the run config saved
-    with it, the last stage's where stages set one); None for a model not trained with retrieval."""
+def training_retrieval(model_dir: str | Path) -> dict[str, Any] | None:
+    """The `data.retrieval` section a model was trained with (the run config saved with it, the last stage's
+    where stages set one); None for a model not trained with retrieval."""
     import yaml
 
     file = Path(model_dir) / "config.yaml"
@@ -132,9 +132,27 @@ def training_prompt(model_dir: str | Path) -> PromptConfig | None:
         data = stage.get("data") if isinstance(stage, dict) else None
         if isinstance(data, dict) and isinstance(data.get("retrieval"), dict):
             retrieval = data["retrieval"]
-    if not isinstance(retrieval, dict):
+    return retrieval if isinstance(retrieval, dict) else None
+
+
+def training_prompt(model_dir: str | Path) -> PromptConfig | None:
+    """The prompt layout a model was trained with retrieval in (`data.retrieval.prompt` of its saved run config);
+    None for a model not trained with retrieval."""
+    retrieval = training_retrieval(model_dir)
+    if retrieval is None:
         return None
-    return from_dict(PromptConfig, dict(retrieval.get("prompt") or {}), path=f"{file}: data.retrieval.prompt")
+    where = f"{Path(model_dir) / 'config.yaml'}: data.retrieval.prompt"
+    return from_dict(PromptConfig, dict(retrieval.get("prompt") or {}), path=where)
+
+
+def training_k(model_dir: str | Path) -> int | None:
+    """How many passages were retrieved for each training prompt (`data.retrieval.k` of the saved run config, when
+    recorded; distractors are a training device, not retrieved at answer time); None when the config does not say."""
+    retrieval = training_retrieval(model_dir) or {}
+    k = retrieval.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        return None
+    return k
 
 
 class RAGPipeline:

@@ -86,7 +86,8 @@ def tune_cli(args: argparse.Namespace) -> int:
     from mmadapt.rag.tune import TuneConfig, tune
 
     config = TuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_negatives=args.hard_negatives,
-                        reranker=not args.no_reranker, questions=args.questions, reembed=not args.no_reembed,
+                        reranker=not args.no_reranker, reranker_epochs=args.reranker_epochs,
+                        reranker_negatives=args.reranker_negatives, questions=args.questions, reembed=not args.no_reembed,
                         eval_fraction=args.eval_fraction, seed=args.seed)
     report = tune(RagIndex.open(args.index), args.out, config, overwrite=args.overwrite)
     print(f"pairs: {report.pairs}")
@@ -159,6 +160,10 @@ def ask(args: argparse.Namespace) -> int:
     if args.image and not Path(args.image).is_file():
         raise DataError(f"--image: file not found: {args.image}")
     prompt = _prompt(args)
+    if args.k is None:  # as many passages as the model was trained to read, when its config says
+        from mmadapt.rag.augment import training_k
+
+        args.k = training_k(args.model) or 5
     pipeline = RAGPipeline(MultimodalLM.from_pretrained(args.model), _retriever(args), prompt=prompt,
                            max_new_tokens=args.max_new_tokens)
     answer = pipeline.ask(args.question, image=args.image, filters=parse_filters(args.filter))
@@ -347,6 +352,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--questions", help="JSONL {query, relevant: [ids]} to add to the corpus pairs (e.g. LLM-written)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="documents held out to measure recall")
     p.add_argument("--no-reranker", action="store_true", help="tune the embedder only")
+    p.add_argument("--reranker-epochs", type=float, default=3.0)
+    p.add_argument("--reranker-negatives", type=_positive_int, default=4,
+                   help="negatives per pair for the reranker, mined with the tuned embedder")
     p.add_argument("--no-reembed", action="store_true", help="leave the index as it is")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `rag tune` output at --out")
@@ -376,7 +384,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    "(default: the layout the model was trained with, from its saved config)")
     p.add_argument("--show-prompt", action="store_true", help="print the prompt sent to the model")
     _retrieval_flags(p)
-    p.set_defaults(func=ask)
+    p.set_defaults(func=ask, k=None)  # -k: default the k the model was trained with (its data.retrieval.k), else 5
 
     p = cmds.add_parser("eval", help="recall@k and MRR of retrieval on judged queries")
     p.add_argument("index")

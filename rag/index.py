@@ -111,14 +111,22 @@ def new_index(kind: Kind, dim: int, config: IndexConfig, train: np.ndarray | Non
             raise ConfigError(f"index.kind ivfpq needs at least {min_train_size(config)} passages to train "
                               f"its codebooks, got {have}; use kind flat, hnsw or auto")
         nlist, m, bits = ivfpq_shape(len(train), dim, config)
-        if (config.nlist and nlist < config.nlist) or bits < config.pq_bits:
-            logger.info("IVF-PQ trained on %d vectors: %d cells and %d-bit codes (configured %s and %d); each centroid "
-                        "needs %d training points, and the index retrains as it grows (index.retrain_growth)",
-                        len(train), nlist, bits, config.nlist or "auto", config.pq_bits, MIN_POINTS)
-        else:
-            logger.info("IVF-PQ trained on %d vectors: %d cells, %d sub-quantizers of %d bits", len(train), nlist, m, bits)
+        if config.nlist and nlist < config.nlist:
+            logger.info("IVF-PQ: %d cells instead of the configured %d: %d training vectors give each cell the %d "
+                        "faiss's k-means needs; the index retrains as it grows (index.retrain_growth)",
+                        nlist, config.nlist, len(train), MIN_POINTS)
+        logger.info("IVF-PQ trained on %d vectors: %d cells (%s), %d sub-quantizers of %d bits", len(train), nlist,
+                    "configured" if config.nlist == nlist else f"sized from the {len(train)} training vectors", m, bits)
         quantizer = faiss.IndexFlat(dim, metric)
         inner = faiss.IndexIVFPQ(quantizer, dim, nlist, m, bits, metric)
+        codes = 2**bits
+        if len(train) < codes * MIN_POINTS:
+            # Each of the m sub-quantizers' k-means would print faiss's "please provide at least N training points"
+            # (m lines to stderr, e.g. 96); fewer code bits cost recall (measured), so the codebooks keep their size,
+            # this one line says so and the index retrains its codebooks once it grows (index.retrain_growth).
+            inner.pq.cp.min_points_per_centroid = max(1, len(train) // codes)
+            logger.info("IVF-PQ codebooks: %d codes per sub-quantizer trained on %d vectors (%.0f each; %d would be "
+                        "ideal)", codes, len(train), len(train) / codes, MIN_POINTS)
         inner.train(np.ascontiguousarray(train, dtype=np.float32))
         inner.nprobe = config.nprobe
     else:

@@ -146,7 +146,7 @@ def run_config(out: Path, seed: int, epochs: float) -> dict[str, Any]:
             "tokenizer": str(out / "data" / "tokenizer"),
         }},
         # the prompt layout is recorded with the model, so `mmadapt rag ask` asks the way it was trained
-        "data": {"train": str(out / "data" / "train.jsonl"), "max_length": 96, "retrieval": {"prompt": PROMPT}},
+        "data": {"train": str(out / "data" / "train.jsonl"), "max_length": 96, "retrieval": {"prompt": PROMPT, "k": 3}},
         "training": {"threads": 1, "batch_size": 64, "lr": 2e-3, "warmup_ratio": 0.05, "scheduler": "cosine",
                      "epochs": epochs, "train_modules": ["llm"], "logging_steps": 50},
     }

@@ -81,7 +81,7 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def training_arguments(config: RunConfig, checkpoint_dir: Path, has_eval: bool):
+def training_arguments(config: RunConfig, checkpoint_dir: Path, has_eval: bool, extra: dict | None = None):
     from transformers import TrainingArguments
 
     t = config.training
@@ -113,6 +113,7 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path, has_eval: bool):
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
         **precision_flags(t.precision),
+        **(extra or {}),  # training.distributed: fsdp / fsdp_config / deepspeed
     )
 
 
@@ -235,11 +236,14 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
 
     from mmadapt.data.loading import generate_data, load_data
     from mmadapt.factory import build_model
+    from mmadapt.train.distributed import (check_distributed, full_state_dict, is_fsdp, require_engine,
+                                           training_kwargs, unsharded_model)
     from mmadapt.train.freezing import apply_freezing
     from mmadapt.train.trainer import JsonlLogger, MMTrainer
 
     out = Path(config.output_dir)
     keep = frozenset(inputs_inside(config, out))
+    check_distributed(config)
     resume_from = prepare_output(out, resume, overwrite, keep)
     if config.data.generate:
         generate_data(config.data)  # before the model: a generated dataset may carry its tokenizer
@@ -263,7 +267,7 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
 
     trainer = MMTrainer(
         model=model,
-        args=training_arguments(config, out / CHECKPOINTS, eval_data is not None),
+        args=training_arguments(config, out / CHECKPOINTS, eval_data is not None, training_kwargs(config, model)),
         train_dataset=train_data,
         eval_dataset=eval_data,
         data_collator=collator,
@@ -271,6 +275,7 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
         module_lr=config.training.module_lr,
         callbacks=[JsonlLogger(out / CHECKPOINTS / RUN_LOG), *(callbacks or [])],
     )
+    require_engine(trainer, config)
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -296,6 +301,9 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
             metrics[f"train_{key}"] = float(value)
     if eval_data is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    if is_fsdp(trainer):  # sharded parameters: gather them (every rank) into a plain copy that rank 0 saves
+        state = full_state_dict(trainer)
+        model = unsharded_model(config, state) if trainer.args.should_save else model
     if trainer.args.should_save:
         save_outputs(trainer, model, config, out, metrics, stage, keep)
     return metrics

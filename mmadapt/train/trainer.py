@@ -103,6 +103,8 @@ class MMTrainer(Trainer):
         model.save_pretrained(output_dir or self.args.output_dir, atomic=False)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        if self.is_fsdp_enabled:  # a sharded checkpoint (pytorch_model_fsdp_0/): accelerate's loader reads it
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.accelerator.unwrap_model(model or self.model).load_weights_from(resume_from_checkpoint, adapters=True)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:

@@ -1,6 +1,8 @@
 """RAG additions for real corpora: docx and csv loaders, sentence- and heading-aware chunking, a reranker path without
 a trained head refused, and a reader that sees a writer's new generation."""
 
+import re
+
 import pytest
 
 from mmadapt.errors import ConfigError
@@ -76,3 +78,35 @@ def test_a_reader_sees_a_writers_new_generation(build_index, topic_corpus, minil
     hits = reader.search(np.asarray(query), k=1)[0]  # the search itself notices the new generation
     assert reader.store["generation"] > before and hits[0].doc_id == topic_corpus.documents[5].doc_id
     assert not reader.reload()  # nothing new since: one stat of manifest.json, no reload
+
+
+def test_progress_bars_for_a_multi_batch_ingest_and_embedding(tmp_path, monkeypatch, capfd):
+    """Ingest shows a bar on a terminal (tqdm decides; logs and pipes stay clean) and embedding shows one past
+    4 batches, for any input size."""
+    import io
+    import sys
+
+    from mmadapt.rag.embed import EmbedderConfig, load_embedder
+    from mmadapt.rag.ingest import ingest
+
+    for i in range(12):
+        (tmp_path / f"{i}.txt").write_text(f"note {i} about the pump and the valve")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    report = ingest([tmp_path])
+    monkeypatch.undo()
+    assert len(report.documents) == 12 and re.search(r"ingest: 12 files", terminal.getvalue()), terminal.getvalue()
+    capfd.readouterr()
+    ingest([tmp_path])  # not a terminal: no bar
+    assert "ingest" not in capfd.readouterr().err
+    embedder = load_embedder(EmbedderConfig(batch_size=2))
+    capfd.readouterr()
+    assert embedder.embed_documents([d.text for d in report.documents]).shape == (12, embedder.dim)
+    assert re.search(r"Batches: 100%.*6/6", capfd.readouterr().err)  # 6 batches of 2
+    embedder.embed_documents(["one", "two"])
+    assert "Batches" not in capfd.readouterr().err  # a single batch stays quiet

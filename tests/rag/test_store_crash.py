@@ -52,7 +52,8 @@ elif stage == "manifest-rename":  # the new manifest is in its temp file, not ye
         real_replace(src, dst)
     os.replace = replace
 elif stage == "cleanup":  # committed; killed while removing the previous generation
-    store.shutil.rmtree = die
+    import shutil  # the write path (rag/backends/faiss_sqlite.py) removes old generations with it
+    shutil.rmtree = die
 
 index = store.RagIndex.open(path)
 rng = np.random.default_rng(start)

@@ -9,6 +9,7 @@ prompt tokens are identical.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +36,37 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 
     logits [N, L, V], labels [N, L] aligned with the inputs (HF convention: position t predicts t+1).
     """
-    logits = logits[:, :-1].float()  # [N, L-1, V]: position t scores token t+1
-    labels = labels[:, 1:]  # [N, L-1]
-    mask = labels != ignore_index
-    safe = labels.masked_fill(~mask, 0)
-    # log_softmax gathered at the label, without materialising a second [N, L-1, V] tensor
-    token_logps = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [N, L-1]
+    return _target_logps(logits[:, :-1], labels[:, 1:], ignore_index)  # position t scores token t+1
+
+
+def _target_logps(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> Completions:
+    """Sums of log p(target) per row; logits [N, K, V] score targets [N, K] position by position."""
+    logits = logits.float()
+    mask = targets != ignore_index
+    safe = targets.masked_fill(~mask, 0)
+    # log_softmax gathered at the label, without materialising a second [N, K, V] tensor
+    token_logps = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [N, K]
     return Completions((token_logps * mask).sum(-1), mask.sum(-1))
+
+
+def _causal_lm(model: Any) -> Any:
+    """The HF model under DDP/FSDP, mmadapt (.llm, .hf) and peft wrappers (whose forwards pass keyword arguments on)."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "llm", getattr(model, "hf", model))
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _scored_positions(model: Any, labels: torch.Tensor) -> torch.Tensor | None:
+    """Positions whose logits score a supervised token (in any row), for HF's `logits_to_keep`; None: keep all.
+
+    Why: prompt and padding positions are most of a preference row; projecting them through the LM
+    head (a [N, L, V] matmul, its logsumexp and their backward) is work whose result is thrown away.
+    """
+    forward = type(_causal_lm(model)).forward
+    if "logits_to_keep" not in inspect.signature(forward).parameters:
+        return None
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # [K]: position t predicts token t+1
+    return keep if 0 < keep.numel() < labels.shape[1] - 1 else None
 
 
 def _placeholder_mask(model: Any, input_ids: torch.Tensor, modalities: list[str]) -> torch.Tensor:
@@ -64,12 +89,15 @@ def group_logps(model: Any, batch: dict[str, Any], groups: int) -> list[Completi
         raise ValueError(f"{rows} rows do not split into {groups} groups")
     size = rows // groups
     media = batch.get("media")
+    labels = batch["completion_labels"]
+    keep = _scored_positions(model, labels)
+    extra: dict[str, Any] = {"use_cache": False} if keep is None else {"use_cache": False, "logits_to_keep": keep}
     if media and (hasattr(model, "module") or not hasattr(model, "embed")):
         # A DDP / FSDP wrapper syncs gradients only through its own forward, and an HF vision-language model
         # embeds inside its own forward, so no embed() shortcut: every group gets its prompts' media again
         # (encoded once per row instead of once per prompt; every media tensor is per item along dim 0).
         repeated = {m: torch.cat([items] * groups) for m, items in media.items()}
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, media=repeated).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, media=repeated, **extra).logits
     elif media:
         first = model.embed(input_ids[:size], media)  # [B, L, H]: the encoders run once per prompt
         rest = model.llm.get_input_embeddings()(input_ids[size:])  # [(groups-1)*B, L, H]
@@ -77,10 +105,13 @@ def group_logps(model: Any, batch: dict[str, Any], groups: int) -> list[Completi
         repeated = first.repeat(groups - 1, 1, 1).to(rest.dtype)  # row g*B + i copies prompt i
         rest = torch.where(at_media.unsqueeze(-1), repeated, rest)
         embeds = torch.cat([first, rest.to(first.dtype)])  # [groups*B, L, H]
-        logits = model.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
+        logits = model.llm(inputs_embeds=embeds, attention_mask=attention_mask, **extra).logits
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [groups*B, L, V]
-    result = sequence_logps(logits, batch["completion_labels"])
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # [groups*B, L or K, V]
+    if keep is None:
+        result = sequence_logps(logits, labels)
+    else:  # logits[:, j] scores token keep[j] + 1
+        result = _target_logps(logits, labels[:, keep + 1])
     return [Completions(result.logps[g * size:(g + 1) * size], result.tokens[g * size:(g + 1) * size])
             for g in range(groups)]
 

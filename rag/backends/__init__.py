@@ -1,0 +1,1 @@
+"""Storage backends of a RAG index (today: faiss + SQLite in `faiss_sqlite`)."""

@@ -1,0 +1,218 @@
+"""The faiss + SQLite write path of `RagIndex`: generations committed through the manifest, rebuilds, updates."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from mmadapt.config import to_dict
+from mmadapt.io import atomic_directory
+from mmadapt.lineage import describe_input
+from mmadapt.rag import index as vindex
+from mmadapt.rag import manifest as index_manifest
+from mmadapt.rag import meta
+from mmadapt.rag.chunk import Chunk, Document
+from mmadapt.rag.embed import local_weights
+from mmadapt.rag.manifest import MANIFEST, read_manifest
+
+logger = logging.getLogger("mmadapt.rag.store")  # the store's logger: users filter on one name for the whole index
+
+@dataclass
+class AddReport:
+    added: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (chunk or document, reason)
+
+
+@dataclass
+class UpdateReport:
+    changed: int = 0  # passages rewritten (re-embedded only when their text changed)
+    unchanged: int = 0
+    added: int = 0
+    removed: int = 0  # passages of updated documents their new version no longer has
+    embedded: int = 0  # passages embedded for this update
+
+
+
+class FaissSqliteWrites:
+    """Writes of a faiss + SQLite index directory; mixed into `RagIndex`, which holds the state used here."""
+
+    # ----------------------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Apply changes to a copy of the current generation and commit it as the next one."""
+        with index_manifest.writer_lock(self.path):
+            current = read_manifest(self.path)["store"]["generation"]
+            if current != self.store["generation"]:
+                self._close()
+                self._load()  # another writer committed since we opened: start from its state
+            existing = [int(p.name[4:]) for p in self.path.glob("gen-*") if p.name[4:].isdigit()]
+            gen = max([current, *existing]) + 1
+            final = self.path / f"gen-{gen:06d}"
+            try:
+                with atomic_directory(final) as tmp:
+                    shutil.copyfile(self.gen_dir / "meta.sqlite", tmp / "meta.sqlite")
+                    conn = sqlite3.connect(tmp / "meta.sqlite")
+                    conn.execute("PRAGMA journal_mode=OFF")  # the whole file is a throwaway copy until committed
+                    try:
+                        yield conn
+                        self._maybe_rebuild(conn)
+                        self.store["counts"] = {**meta.counts(conn), "vectors": int(self.faiss.ntotal)}
+                        conn.commit()
+                    finally:
+                        conn.close()
+                    vindex.write(self.faiss, str(tmp / "index.faiss"))
+                    for name in ("meta.sqlite", "index.faiss"):
+                        index_manifest.fsync(tmp / name)
+            except BaseException:
+                self._close()
+                self._load()  # the in-memory faiss index may hold half the change: back to the committed state
+                raise
+            self.store.update(generation=gen, index_kind=vindex.kind_of(self.faiss))
+            index_manifest.write(self.path, self.final_path, self.manifest["config"], self.manifest["parents"], self.store,
+                            final, created=self.manifest.get("created"))
+            self._close()
+            self._load()
+            for stale in self.path.iterdir():  # earlier generations and temp files left by killed writers
+                if stale == final:
+                    continue
+                if stale.is_dir() and stale.name.startswith(("gen-", ".gen-")):
+                    shutil.rmtree(stale, ignore_errors=True)
+                elif stale.name.startswith(f".{MANIFEST}.") and stale.name.endswith(".tmp"):
+                    stale.unlink(missing_ok=True)
+
+    def _maybe_rebuild(self, conn: sqlite3.Connection) -> None:
+        """Rebuild faiss from the stored vectors when its kind should change, HNSW has many tombstones,
+        or IVF-PQ has outgrown the set its codebooks were trained on."""
+        cfg = self.config.index
+        live = conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        dead = conn.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0]
+        kind = vindex.kind_of(self.faiss)
+        want = vindex.resolve_kind(cfg, live)
+        if want == "ivfpq" and live < vindex.min_train_size(cfg):
+            want = "flat"  # too few passages to train codebooks yet (kept exact until there are)
+        trained = self.store.get("trained_on", 0)
+        reasons = []
+        if want != kind:
+            reasons.append(f"{kind} -> {want} for {live} passages")
+        if dead and dead > cfg.compact_ratio * max(self.faiss.ntotal, 1):
+            reasons.append(f"compacting {dead} deleted vectors")
+        if kind == "ivfpq" and want == kind and live > cfg.retrain_growth * max(trained, 1):
+            reasons.append(f"retraining IVF-PQ ({trained} -> {live} passages)")
+        if not reasons:
+            return
+        logger.info("rebuilding the faiss index: %s", "; ".join(reasons))
+        ids, vectors = meta.all_vectors(conn, self.dim)
+        self.faiss = vindex.new_index(want, self.dim, cfg, train=_training_sample(vectors) if want == "ivfpq" else None)
+        vindex.add(self.faiss, vectors, ids)
+        conn.execute("DELETE FROM tombstones")
+        self.store["trained_on"] = live if want == "ivfpq" else 0
+
+    def _dedup(self, conn: sqlite3.Connection, chunks: list[Chunk], report: AddReport) -> list[int]:
+        """Indices of `chunks` to keep: documents and passages whose content is already indexed are skipped."""
+        have_docs = meta.existing_hashes(conn, "doc_hash", {c.doc_hash for c in chunks})
+        have_chunks = meta.existing_hashes(conn, "content_hash", {c.content_hash for c in chunks})
+        keep, seen, seen_ids = [], set(), set()
+        for i, c in enumerate(chunks):
+            if c.doc_hash in have_docs and have_docs[c.doc_hash] != c.source:
+                report.skipped.append((c.chunk_id, f"same document content already indexed from {have_docs[c.doc_hash]}"))
+            elif c.content_hash in have_chunks or c.content_hash in seen:
+                report.skipped.append((c.chunk_id, f"duplicate passage (already in {have_chunks.get(c.content_hash, 'this batch')})"))
+            elif c.chunk_id in seen_ids or meta.ids_for(conn, chunk_ids=[c.chunk_id]).size:
+                report.skipped.append((c.chunk_id, "chunk id already in the index (use update to replace it)"))
+            else:
+                keep.append(i)
+                seen.add(c.content_hash)
+                seen_ids.add(c.chunk_id)
+        return keep
+
+    def _delete_rows(self, conn: sqlite3.Connection, rows: np.ndarray) -> None:
+        if len(rows):
+            removed = vindex.remove(self.faiss, rows)
+            meta.delete(conn, rows, tombstone=not removed)
+
+    def update_documents(self, documents: list[Document]) -> UpdateReport:
+        """Replace documents by id, embedding only what changed: a passage whose text changed is re-embedded, one
+        whose metadata alone changed keeps its vector, an unchanged one is left alone, one the new version no
+        longer has is removed; documents the index does not hold yet are added."""
+        report = UpdateReport()
+        chunks = self.chunk(documents)
+        old = meta.rows_of_docs(self.conn, sorted({c.doc_id for c in chunks}))
+        new_ids = {c.chunk_id for c in chunks}
+        write, vectors, embed = [], [], []
+        for c in chunks:
+            row = old.get(c.chunk_id)
+            if row is not None and meta.same_passage(row, c):
+                report.unchanged += 1
+                continue
+            if row is not None and row["content_hash"] == c.content_hash:
+                vectors.append(np.frombuffer(row["vector"], dtype=np.float32))
+            else:
+                vectors.append(None)
+                embed.append(len(write))
+            report.changed += row is not None
+            report.added += row is None
+            write.append(c)
+        removed = [cid for cid in old if cid not in new_ids]
+        report.removed, report.embedded = len(removed), len(embed)
+        if not write and not removed:
+            return report  # nothing changed: no generation is written
+        fresh = self.embed_chunks([write[i] for i in embed])
+        for j, i in enumerate(embed):
+            vectors[i] = fresh[j]
+        matrix = np.stack(vectors) if write else np.zeros((0, self.dim), dtype=np.float32)  # [n, dim]
+        with self._transaction() as conn:
+            self._delete_rows(conn, meta.ids_for(conn, chunk_ids=[c.chunk_id for c in write] + removed))
+            vindex.add(self.faiss, matrix, meta.insert(conn, write, matrix))
+        logger.info("updated %s: %s", self.final_path, report)
+        return report
+
+    def reembed(self, embedder: Any, batch: int = 4096) -> None:
+        """Re-embed every passage with another embedder (e.g. one tuned on this corpus) as one new generation;
+        readers keep the old generation until it commits. The embedder becomes the index's recorded one."""
+        previous = self._embedder
+        try:
+            self._reembed(embedder, batch)
+        except BaseException:
+            self._embedder = previous  # the transaction rolled back to the committed generation and its embedder
+            raise
+        self._embedder_given = True
+
+    def _reembed(self, embedder: Any, batch: int) -> None:
+        from tqdm.auto import tqdm
+
+        from mmadapt.rag.embed import EmbedderConfig
+
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT id, chunk_id, text, source, modality FROM chunks ORDER BY id").fetchall()
+            self._embedder, self.store["embedder"] = embedder, dict(embedder.identity)
+            if isinstance(getattr(embedder, "config", None), EmbedderConfig):
+                self.manifest["config"]["embedder"] = to_dict(embedder.config)
+                self.manifest["parents"] = [describe_input(p) for p in local_weights(embedder.config)]
+            for i in tqdm(range(0, len(rows), batch), desc="re-embed", disable=len(rows) <= batch):
+                part = rows[i : i + batch]
+                chunks = [Chunk(r[1], r[2], r[3], "", modality=r[4]) for r in part]
+                vectors = self.embed_chunks(chunks)
+                conn.executemany("UPDATE chunks SET vector = ? WHERE id = ?",
+                                 [(meta.to_blob(v), r[0]) for v, r in zip(vectors, part)])
+            ids, vectors = meta.all_vectors(conn, self.dim)
+            kind = vindex.resolve_kind(self.config.index, len(ids))
+            if kind == "ivfpq" and len(ids) < vindex.min_train_size(self.config.index):
+                kind = "flat"
+            self.faiss = vindex.new_index(kind, self.dim, self.config.index,
+                                          train=_training_sample(vectors) if kind == "ivfpq" else None)
+            vindex.add(self.faiss, vectors, ids)
+            conn.execute("DELETE FROM tombstones")
+            self.store["trained_on"] = len(ids) if kind == "ivfpq" else 0
+
+
+def _training_sample(vectors: np.ndarray, limit: int = 200_000, seed: int = 0) -> np.ndarray:
+    """At most `limit` rows, drawn reproducibly (codebooks need a sample, not the whole corpus)."""
+    if len(vectors) <= limit:
+        return vectors
+    return vectors[np.random.default_rng(seed).choice(len(vectors), limit, replace=False)]
