@@ -52,23 +52,18 @@ class Checkpoint:
 
 def open_checkpoint(directory: str | Path) -> Checkpoint:
     """Recognise a checkpoint directory; errors say what was expected."""
-    from mmadapt.model import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE
-
-    from mmadapt.factory import checkpoint_kind
+    from mmadapt.factory import checkpoint_format
+    from mmadapt.model import ADAPTER_DIR, LLM_DIR
 
     root = Path(directory)
-    if (root / MODEL_CONFIG_FILE).is_file() and checkpoint_kind(root) == "vlm":
-        ckpt = Checkpoint(root, root, "hf")  # an HF vision-language model, saved in its family's own layout
-    elif (root / MODEL_CONFIG_FILE).is_file():
+    kind = checkpoint_format(root)
+    if kind == "mmadapt":
         if (root / ADAPTER_DIR).is_dir():
             raise DataError(f"{root}: has LoRA adapters ({ADAPTER_DIR}/); merge them first: "
                             f"mmadapt export --model {root} --merge-adapters --out MERGED_DIR")
         ckpt = Checkpoint(root, root / LLM_DIR, "mmadapt")
-    elif (root / "config.json").is_file():
+    else:  # an HF model, or an HF vision-language model mmadapt saved in its family's own layout
         ckpt = Checkpoint(root, root, "hf")
-    else:
-        raise DataError(f"{root}: not a model directory (expected a HF model with config.json, or an mmadapt "
-                        f"checkpoint with {MODEL_CONFIG_FILE})")
     if (ckpt.llm_dir / "adapter_config.json").is_file():
         raise DataError(f"{ckpt.llm_dir}: is a peft adapter, not a full model; merge it into its base first")
     if not list(ckpt.llm_dir.glob("*.safetensors")):

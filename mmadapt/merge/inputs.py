@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from mmadapt import lineage
-from mmadapt.factory import checkpoint_kind
-from mmadapt.errors import ConfigError, DataError
+from mmadapt.errors import ConfigError, DataError, NotAModelError
+from mmadapt.factory import checkpoint_format
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 from mmadapt.merge.lora import ADAPTER_CONFIG, AdaptedSource, Adapter
 from mmadapt.model import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE, MULTIMODAL_WEIGHTS  # the checkpoint layout
@@ -57,19 +57,20 @@ def open_input(path: str, label: str) -> ModelInput:
     directory = Path(path)
     label = f"{label} ({path})"
     if not directory.is_dir():
-        raise ConfigError(f"{label}: no such directory (merges read local directories; download hub models first)")
+        raise NotAModelError(f"{label}: no such directory (merges read local directories; download hub models first)")
+    kind = checkpoint_format(directory, label)
     # an HF vision-language model trained by mmadapt is saved in its family's own layout (config.json, or a peft
     # adapter), not as llm/ + multimodal.safetensors: it merges as the HF model or adapter it is
-    if (directory / MODEL_CONFIG_FILE).is_file() and checkpoint_kind(directory) != "vlm":
+    if kind == "mmadapt":
         adapter = directory / ADAPTER_DIR
         return ModelInput(label, directory, "multimodal", llm_dir=directory / LLM_DIR,
                           adapter_dir=adapter if adapter.is_dir() else None)
     if (directory / ADAPTER_CONFIG).is_file():
         return ModelInput(label, directory, "adapter", adapter_dir=directory)
-    if (directory / "config.json").is_file():
-        return ModelInput(label, directory, "hf", llm_dir=directory)
-    raise ConfigError(f"{label}: not a model directory: expected {MODEL_CONFIG_FILE} (mmadapt checkpoint), "
-                      f"config.json (Hugging Face model) or {ADAPTER_CONFIG} (peft LoRA adapter)")
+    if not (directory / "config.json").is_file():
+        raise NotAModelError(f"{label}: not a model directory: an HF vision-language checkpoint without config.json "
+                             f"or {ADAPTER_CONFIG}")
+    return ModelInput(label, directory, "hf", llm_dir=directory)
 
 
 def llm_source(inp: ModelInput, base: ModelInput | None) -> Source:
