@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mmadapt.errors import ConfigError, DataError
-from mmadapt.io import atomic_write_json, check_output_dir, contained_path, output_directory, sha256_file
+from mmadapt.io import atomic_write_json, check_output_dir, contained_path, output_directory, read_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -203,12 +203,7 @@ def read_edit(directory: str | Path) -> dict[str, Any]:
     path = directory / EDIT_DIR / EDIT_FILE
     if not path.is_file():
         raise DataError(f"{directory}: not an edited checkpoint (no {EDIT_DIR}/{EDIT_FILE})")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DataError(f"{path}: not a readable edit record (JSON): {e}") from None
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: expected a JSON object")
+    info = read_json(path, "an edit record", DataError, expect=dict)
     for key, kind in (("llm_dir", str), ("checkpoint_kind", str), ("patched", dict), ("base", dict), ("requests", list)):
         if not isinstance(info.get(key), kind):
             raise DataError(f"{path}: field {key!r} must be a {kind.__name__}")

@@ -8,7 +8,6 @@ according to its lineage manifest.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 from mmadapt import lineage
 from mmadapt.errors import ConfigError, DataError, NotAModelError
 from mmadapt.factory import checkpoint_format
+from mmadapt.io import read_json
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 from mmadapt.merge.lora import ADAPTER_CONFIG, AdaptedSource, Adapter
 from mmadapt.model import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE, MULTIMODAL_WEIGHTS  # the checkpoint layout
@@ -89,15 +89,8 @@ def multimodal_source(inp: ModelInput) -> TensorSource | None:
     return TensorSource([inp.multimodal_file], inp.label) if inp.multimodal_file else None
 
 
-def _read_json(path: Path, label: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{label}: cannot read {path}: {e}") from e
-
-
 def hf_config(inp: ModelInput) -> dict[str, Any]:
-    return _read_json(inp.llm_dir / "config.json", inp.label)
+    return read_json(inp.llm_dir / "config.json", f"{inp.label}: config.json", DataError, expect=dict)
 
 
 def check_kinds(base: ModelInput | None, models: list[ModelInput], output: str) -> None:
@@ -123,7 +116,7 @@ def check_architectures(reference: ModelInput, inputs: list[ModelInput]) -> None
     ref = hf_config(reference)
     for inp in inputs:
         if inp.kind == "adapter":
-            mapping = _read_json(inp.adapter_dir / ADAPTER_CONFIG, inp.label).get("auto_mapping") or {}
+            mapping = read_json(inp.adapter_dir / ADAPTER_CONFIG, f"{inp.label}: {ADAPTER_CONFIG}", DataError, expect=dict).get("auto_mapping") or {}
             trained_on = mapping.get("base_model_class")
             if trained_on and ref.get("architectures") and trained_on not in ref["architectures"]:
                 raise ConfigError(f"{inp.label}: the adapter was trained on a {trained_on}, but {reference.label} "

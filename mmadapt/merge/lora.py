@@ -10,7 +10,6 @@ and alpha patterns resolved by peft's own matcher.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from mmadapt.errors import ConfigError, DataError
+from mmadapt.io import read_json
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -70,10 +70,7 @@ class Adapter:
         self.directory = Path(directory)
         self.label = label
         path = self.directory / ADAPTER_CONFIG
-        try:
-            self.config: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{label}: cannot read {path}: {e}") from e
+        self.config: dict[str, Any] = read_json(path, f"{label}: {ADAPTER_CONFIG}", DataError, expect=dict)
         peft_type = self.config.get("peft_type", "LORA")
         if peft_type != "LORA":
             raise ConfigError(f"{label}: a {peft_type} adapter; mmadapt merges LoRA adapters only")
