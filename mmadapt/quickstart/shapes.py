@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from mmadapt.quickstart.qa_files import write_qa_splits
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -57,18 +58,15 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 3000, n_eval: in
     from mmadapt.quickstart.tokenizer import train_word_tokenizer
 
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    texts = []
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        with (out / f"{split}.jsonl").open("w") as f:
-            for i in range(n):
-                image, question, answer = make_sample(rng, image_size)
-                name = f"images/{split}-{i:05d}.png"
-                image.save(out / name)
-                texts += [question, answer]
-                record = {"id": f"{split}-{i}", "image": name, "conversations": [
-                    {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
-                f.write(json.dumps(record) + "\n")
+    texts: list[str] = []
+
+    def make(_i: int, path: Path) -> tuple[str, str]:
+        image, question, answer = make_sample(rng, image_size)
+        image.save(path)
+        texts.extend([question, answer])
+        return question, answer
+
+    write_qa_splits(out, "image", "images", "png", {"train": n_train, "eval": n_eval}, make)
     all_words = [" ".join(QUESTIONS[k]) for k in QUESTIONS] + list(COLOURS) + list(SHAPES) + list(CELLS) + list(COUNTS.values())
     train_word_tokenizer(texts + all_words, out / "tokenizer", extra_tokens=["<image>"])
