@@ -340,9 +340,10 @@ class MultimodalLM(nn.Module):
             state.update(read_weights(f))
         target = self.llm.get_base_model() if is_peft_model(self.llm) else self.llm
         if is_peft_model(self.llm):  # the base weights sit under `.base_layer` inside LoRA-wrapped modules
+            from mmadapt.peft_names import wrap_base_layer
+
             own = set(target.state_dict())
-            state = {(k if k in own else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")): v
-                     for k, v in state.items()}
+            state = {wrap_base_layer(k, own): v for k, v in state.items()}
         try:
             result = target.load_state_dict(state, strict=False)
         except RuntimeError as e:  # size mismatch: a checkpoint of another width / vocabulary

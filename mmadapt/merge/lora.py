@@ -19,10 +19,11 @@ import torch
 
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.io import read_json
+from mmadapt.peft_names import PEFT_PREFIX, unwrap_base_layer
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 
 ADAPTER_CONFIG = "adapter_config.json"
-PREFIX = "base_model.model."
+PREFIX = PEFT_PREFIX
 _FACTORS = {".lora_A.weight": ("A", False), ".lora_B.weight": ("B", False),
             ".lora_embedding_A": ("A", True), ".lora_embedding_B": ("B", True)}
 
@@ -112,9 +113,9 @@ class Adapter:
                     raise DataError(f"{self.label}: unsupported adapter tensor {name} (supported: LoRA A/B of linear "
                                     f"and embedding layers, and modules_to_save)")
                 # modules_to_save copies, and embedding base layers (peft saves them in case tokens were added)
-                target = short.replace(".base_layer.", ".")
+                target = unwrap_base_layer(short)
                 self.replacements[target] = name
-                if ".base_layer." in short:
+                if target != short:
                     self.base_layers.add(target)
         fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
         for module, pair in factors.items():
