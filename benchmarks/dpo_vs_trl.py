@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from timing import pair_bench_parser, run_child  # benchmarks/timing.py
 
 
 def build(root: Path, args: argparse.Namespace) -> None:
@@ -84,16 +84,8 @@ def run_trl(root: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=4000, help="words in the generated vocabulary")
-    parser.add_argument("--pairs", type=int, default=256)
-    parser.add_argument("--words", type=int, default=32, help="prompt length in words (completions: half)")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch", type=int, default=8, help="pairs per step")
-    parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser = pair_bench_parser(__doc__.splitlines()[0], ["ours", "trl"],
+                               hidden=256, layers=4, vocab=4000, pairs=256, words=32, steps=40, batch=8)
     args = parser.parse_args()
     if args.child:
         result = (run_ours if args.child == "ours" else run_trl)(Path(args.root), args)
@@ -111,11 +103,7 @@ def main() -> None:
         root = Path(tmp)
         build(root, args)
         for variant in variants:
-            cmd = [sys.executable, __file__, "--child", variant, "--root", str(root)]
-            for key in ("hidden", "layers", "vocab", "pairs", "words", "steps", "batch"):
-                cmd += [f"--{key}", str(getattr(args, key))]
-            output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[variant] = json.loads(output.strip().splitlines()[-1])
+            results[variant] = run_child(__file__, variant, root, args)
 
     print(f"DPO, full fine-tuning with a frozen reference copy: Llama hidden {args.hidden} x {args.layers} layers, "
           f"{args.batch} pairs/step, {args.steps} steps")

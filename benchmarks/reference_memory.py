@@ -16,11 +16,11 @@ import json
 import random
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from timing import pair_bench_parser, run_child  # benchmarks/timing.py
 
 STRATEGIES = ("copy", "adapters_off", "precomputed")
 
@@ -98,16 +98,8 @@ def child(strategy: str, root: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=384)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--vocab", type=int, default=8000, help="words in the generated vocabulary")
-    parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--words", type=int, default=48, help="prompt length in words (completions: half)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=4, help="pairs per step")
-    parser.add_argument("--child", choices=STRATEGIES, help=argparse.SUPPRESS)
-    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser = pair_bench_parser(__doc__.splitlines()[0], list(STRATEGIES),
+                               hidden=384, layers=6, vocab=8000, pairs=64, words=48, steps=10, batch=4)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, Path(args.root), args)))
@@ -118,11 +110,7 @@ def main() -> None:
         root = Path(tmp)
         write_data(root, args.vocab, args.pairs, args.words)
         for strategy in STRATEGIES:
-            cmd = [sys.executable, __file__, "--child", strategy, "--root", str(root)]
-            for key in ("hidden", "layers", "vocab", "pairs", "words", "steps", "batch"):
-                cmd += [f"--{key}", str(getattr(args, key))]
-            output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[strategy] = json.loads(output.strip().splitlines()[-1])
+            results[strategy] = run_child(__file__, strategy, root, args)
 
     ref = results["copy"]
     print(f"DPO reference strategies: LoRA r=16 on a {ref['model_mb']:.0f} MB (float32) Llama, "

@@ -130,8 +130,8 @@ def from_mergekit(data: dict[str, Any], where: str = "mergekit config") -> dict[
             raise ConfigError(f"{where}: {key}: {REFUSED_KEYS[key]}")
         if key not in TOP_KEYS:
             raise ConfigError(f"{where}: {key}: not a mergekit key mmadapt reads; valid: {', '.join(sorted(TOP_KEYS))}")
-    method = data["merge_method"]
-    if method not in METHODS:
+    method = data.get("merge_method")  # a missing or non-string method is bad input (exit 2), never a KeyError
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"{where}: merge_method: {method!r} cannot be expressed by mmadapt; valid: {', '.join(METHODS)}")
     if ("models" in data) == ("slices" in data):
         raise ConfigError(f"{where}: give exactly one of models: or slices:")
