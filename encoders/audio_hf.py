@@ -105,11 +105,10 @@ class WhisperEncoder(HFAudioEncoder):
     config_class = HFAudioConfig
 
     def __init__(self, config: HFAudioConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
-        self.config = config
         self.model = load_hf_model(config, ("whisper",), "whisper", encoder_cls=HFWhisperEncoder)
         hf = self.model.config
         self.feature_extractor = load_feature_extractor(config, WhisperFeatureExtractor, {"feature_size": hf.num_mel_bins})
@@ -148,10 +147,9 @@ class Wav2Vec2Encoder(HFAudioEncoder):
     config_class = Wav2Vec2Config
 
     def __init__(self, config: Wav2Vec2Config) -> None:
-        super().__init__()
+        super().__init__(config)
         from transformers import Wav2Vec2FeatureExtractor
 
-        self.config = config
         self.model = load_hf_model(config, WAV2VEC2_FAMILY, "wav2vec2")
         # HF's conv feature encoder sets requires_grad on its input in training mode, which fails when the waveform
         # is not a leaf (e.g. it carries gradients); its own parameters train either way.

@@ -59,8 +59,7 @@ class TinyAudioEncoder(AudioEncoder):
     config_class = TinyAudioConfig
 
     def __init__(self, config: TinyAudioConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.frontend = LogMel(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
         window = int(round(config.window_seconds * config.sample_rate))
         tokens = window // config.hop_length

@@ -63,14 +63,12 @@ def _model_config(model_name: str) -> dict[str, Any]:
 class OpenClipEncoder(BaseEncoder):
     """Patch tokens of an open_clip image tower (ViT, timm trunk or ResNet) at block `layer` (-1: the last)."""
 
-    modality = "image"
     config_class = OpenClipConfig
 
     def __init__(self, config: OpenClipConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         import open_clip
 
-        self.config = config
         name = config.model_name
         if Path(name).is_dir():  # a folder in open_clip's export layout, e.g. a saved mmadapt checkpoint's encoder
             name = f"local-dir:{name}"
