@@ -9,6 +9,7 @@ import yaml
 
 from mmadapt.config import ModelConfig
 from mmadapt.errors import ConfigError, NotAModelError
+from mmadapt.peft_names import ADAPTER_CONFIG
 
 MODEL_CONFIG_FILE = "mmadapt_model.yaml"
 
@@ -35,10 +36,6 @@ def build_model(config: ModelConfig) -> Any:
     from mmadapt.model import MultimodalLM
 
     return MultimodalLM.from_config(config)
-
-
-FORMATS = ("mmadapt", "mmadapt-vlm", "hf-vlm", "hf", "adapter")
-ADAPTER_CONFIG = "adapter_config.json"  # peft's file name
 
 
 def checkpoint_format(directory: str | Path, what: str = "") -> str:

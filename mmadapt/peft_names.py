@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+ADAPTER_CONFIG = "adapter_config.json"  # what marks a saved peft adapter directory
 PEFT_PREFIX = "base_model.model."  # a PeftModel's state dict (and a saved adapter's tensors) start with this
 BASE_LAYER = ".base_layer"  # a LoRA-wrapped module keeps the original weights under `<module>.base_layer.*`
 _WRAPPERS = (BASE_LAYER, ".modules_to_save.default", ".original_module")

@@ -19,10 +19,9 @@ import torch
 
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.io import read_json
-from mmadapt.peft_names import PEFT_PREFIX, unwrap_base_layer
+from mmadapt.peft_names import ADAPTER_CONFIG, PEFT_PREFIX, unwrap_base_layer
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 
-ADAPTER_CONFIG = "adapter_config.json"
 PREFIX = PEFT_PREFIX
 _FACTORS = {".lora_A.weight": ("A", False), ".lora_B.weight": ("B", False),
             ".lora_embedding_A": ("A", True), ".lora_embedding_B": ("B", True)}

@@ -180,11 +180,6 @@ def _check_tokenizer_source(source: Any, base_model: str | None, models: list[di
                       f"{reference} (valid: base, union, {reference}); the models' vocabularies must be identical")
 
 
-def read_mergekit_yaml(path: str | Path) -> dict[str, Any]:
-    """Read and translate a mergekit YAML file; errors name the file."""
-    return from_mergekit(read_yaml(path), where=str(path))
-
-
 def translate(source: str | Path | dict[str, Any]) -> str | Path | dict[str, Any]:
     """`source` itself if it is an mmadapt merge config; the translated mapping if it is a mergekit one."""
     if isinstance(source, dict):
