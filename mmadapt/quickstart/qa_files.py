@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from mmadapt.io import atomic_write_text
 
+COUNTS = {1: "one", 2: "two", 3: "three"}  # the answers of every counting question (shapes, beeps)
+
 
 def write_qa_splits(out: Path, modality: str, folder: str, suffix: str, sizes: dict[str, int],
                     make: Callable[[int, Path], tuple[str, str]]) -> None:

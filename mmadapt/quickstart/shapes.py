@@ -7,12 +7,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mmadapt.quickstart.qa_files import write_qa_splits
+from mmadapt.quickstart.qa_files import COUNTS, write_qa_splits
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40)}
 SHAPES = ("circle", "square", "triangle")
 CELLS = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}
-COUNTS = {1: "one", 2: "two", 3: "three"}
 QUESTIONS = {
     "colour": ["what colour is the shape?", "which colour does the shape have?"],
     "shape": ["what shape is it?", "which shape is in the image?"],

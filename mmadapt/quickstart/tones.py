@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mmadapt.quickstart.qa_files import write_qa_splits
+from mmadapt.quickstart.qa_files import COUNTS, write_qa_splits
 
 # Pitch bands two octaves apart, so one band is never confused with another by a coarse mel front-end.
 BANDS = {"low": (180.0, 260.0), "middle": (700.0, 1000.0), "high": (2600.0, 3600.0)}
-COUNTS = {1: "one", 2: "two", 3: "three"}
 QUESTIONS = {
     "pitch": ["is the tone low, middle or high?", "how high is the tone?"],
     "count": ["how many beeps are there?", "count the beeps."],
