@@ -21,6 +21,7 @@ from torch import nn
 from mmadapt import registry
 from mmadapt.config import LLMConfig, ModelConfig, from_dict, to_dict
 from mmadapt.errors import ConfigError, DataError, NotAModelError
+from mmadapt.peft_names import wrap_base_layer
 
 logger = logging.getLogger(__name__)
 
@@ -340,8 +341,6 @@ class MultimodalLM(nn.Module):
             state.update(read_weights(f))
         target = self.llm.get_base_model() if is_peft_model(self.llm) else self.llm
         if is_peft_model(self.llm):  # the base weights sit under `.base_layer` inside LoRA-wrapped modules
-            from mmadapt.peft_names import wrap_base_layer
-
             own = set(target.state_dict())
             state = {wrap_base_layer(k, own): v for k, v in state.items()}
         try:
