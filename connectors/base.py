@@ -24,6 +24,13 @@ def with_positions(features: torch.Tensor, positions: Positions) -> torch.Tensor
     return features + table.to(device=features.device, dtype=features.dtype)
 
 
+def require_positive(config: object, keys: tuple[str, ...]) -> None:
+    """A connector config's size fields must be >= 1 (a ValueError naming the key otherwise)."""
+    for key in keys:
+        if getattr(config, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
+
+
 class BaseConnector(nn.Module, abc.ABC):
     config_class: type
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmadapt.connectors.base import BaseConnector, Positions, with_positions
+from mmadapt.connectors.base import BaseConnector, Positions, require_positive, with_positions
 from mmadapt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,7 @@ class QFormerConfig:
     init_from: str | None = None  # a BERT-family checkpoint (hub id or directory) whose layers start the Q-Former
 
     def __post_init__(self) -> None:
-        for key in ("num_query_tokens", "num_layers", "num_heads", "intermediate_size", "cross_attention_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        require_positive(self, ("num_query_tokens", "num_layers", "num_heads", "intermediate_size", "cross_attention_every"))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmadapt.connectors.base import BaseConnector, Positions, with_positions
+from mmadapt.connectors.base import BaseConnector, Positions, require_positive, with_positions
 
 
 @dataclass
@@ -28,9 +28,7 @@ class ResamplerConfig:
     init_std: float = 0.02  # std of the random weights (Idefics2: 0.02); the latents start at N(0, 1)
 
     def __post_init__(self) -> None:
-        for key in ("num_latents", "depth", "num_heads", "head_dim", "num_kv_heads"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        require_positive(self, ("num_latents", "depth", "num_heads", "head_dim", "num_kv_heads"))
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         if self.hidden_size is not None and self.hidden_size < 1:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mmadapt.errors import ConfigError, DataError
-from mmadapt.io import atomic_write_json, check_output_dir, contained_path, output_directory, sha256_file
+from mmadapt.io import atomic_write_json, check_output_dir, contained_path, output_directory, read_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,23 +52,18 @@ class Checkpoint:
 
 def open_checkpoint(directory: str | Path) -> Checkpoint:
     """Recognise a checkpoint directory; errors say what was expected."""
-    from mmadapt.model import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE
-
-    from mmadapt.factory import checkpoint_kind
+    from mmadapt.factory import checkpoint_format
+    from mmadapt.model import ADAPTER_DIR, LLM_DIR
 
     root = Path(directory)
-    if (root / MODEL_CONFIG_FILE).is_file() and checkpoint_kind(root) == "vlm":
-        ckpt = Checkpoint(root, root, "hf")  # an HF vision-language model, saved in its family's own layout
-    elif (root / MODEL_CONFIG_FILE).is_file():
+    kind = checkpoint_format(root)
+    if kind == "mmadapt":
         if (root / ADAPTER_DIR).is_dir():
             raise DataError(f"{root}: has LoRA adapters ({ADAPTER_DIR}/); merge them first: "
                             f"mmadapt export --model {root} --merge-adapters --out MERGED_DIR")
         ckpt = Checkpoint(root, root / LLM_DIR, "mmadapt")
-    elif (root / "config.json").is_file():
+    else:  # an HF model, or an HF vision-language model mmadapt saved in its family's own layout
         ckpt = Checkpoint(root, root, "hf")
-    else:
-        raise DataError(f"{root}: not a model directory (expected a HF model with config.json, or an mmadapt "
-                        f"checkpoint with {MODEL_CONFIG_FILE})")
     if (ckpt.llm_dir / "adapter_config.json").is_file():
         raise DataError(f"{ckpt.llm_dir}: is a peft adapter, not a full model; merge it into its base first")
     if not list(ckpt.llm_dir.glob("*.safetensors")):
@@ -208,12 +203,7 @@ def read_edit(directory: str | Path) -> dict[str, Any]:
     path = directory / EDIT_DIR / EDIT_FILE
     if not path.is_file():
         raise DataError(f"{directory}: not an edited checkpoint (no {EDIT_DIR}/{EDIT_FILE})")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DataError(f"{path}: not a readable edit record (JSON): {e}") from None
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: expected a JSON object")
+    info = read_json(path, "an edit record", DataError, expect=dict)
     for key, kind in (("llm_dir", str), ("checkpoint_kind", str), ("patched", dict), ("base", dict), ("requests", list)):
         if not isinstance(info.get(key), kind):
             raise DataError(f"{path}: field {key!r} must be a {kind.__name__}")

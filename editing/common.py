@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from mmadapt.editing.stats import StatsConfig
+from mmadapt.editing.stats import StatsCache, StatsConfig
 from mmadapt.editing.tokens import device_of
 
 
@@ -61,6 +61,30 @@ class MomentHParams(ValueHParams):
     ridge: float = 1e-2  # C + ridge * mean(diag C) * I: rarely-active MLP units cannot make C (near) singular
     stats: StatsConfig = field(default_factory=StatsConfig)
     spec: dict[str, str] | None = None  # module templates for a family not in spec.SPECS
+
+
+def second_moments(model: nn.Module, tok, modules: list[str], hp: MomentHParams, cache: StatsCache | None,
+                   model_id: str | None) -> dict[str, torch.Tensor]:
+    """C = E[k kᵀ] of each module's input on the unedited model (loaded or computed once); {} when `hp.mom2` is off
+    (C = I). Called before any weight changes."""
+    if not hp.mom2:
+        return {}
+    cache = cache if cache is not None else StatsCache(hp.stats.cache_dir)
+    return cache.second_moments(model, tok, modules, hp.stats, model_id=model_id)
+
+
+def edit_metrics(seconds: float, stats_seconds: float, infos: list[dict[str, Any]],
+                 deltas: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The flat metrics every locate-then-edit method reports: timings, the target's NLL before/after, delta norms."""
+    n = len(infos)
+    return {
+        "seconds": seconds,
+        "stats_seconds": stats_seconds,
+        "seconds_per_edit": (seconds - stats_seconds) / n,
+        "nll_before": sum(r["nll_before"] for r in infos) / n,
+        "nll_after": sum(r["nll_after"] for r in infos) / n,
+        **{f"delta_norm.{name}": float(d.norm()) for name, d in deltas.items()},
+    }
 
 
 def regularised(cov: torch.Tensor, ridge: float) -> torch.Tensor:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmadapt.editing.common import EditResult, MomentHParams, accumulate, add_delta, context_prefixes, regularised
+from mmadapt.editing.common import (EditResult, MomentHParams, accumulate, add_delta, context_prefixes, edit_metrics,
+                                    regularised, second_moments)
 from mmadapt.editing.requests import EditRequest, check_batch
 from mmadapt.editing.spec import check_layers, default_memit_layers, spec_for
 from mmadapt.editing.stats import StatsCache
@@ -70,10 +71,7 @@ def apply_memit(model: nn.Module, tok, requests: list[EditRequest], hparams: Mem
     modules = [spec.rewrite_name(layer) for layer in layers]
     z_module = spec.layer_name(layers[-1])
     start = time.perf_counter()
-    covs: dict[str, torch.Tensor] = {}
-    if hp.mom2:  # statistics of the unedited model, for every layer in one pass
-        cache = cache if cache is not None else StatsCache(hp.stats.cache_dir)
-        covs = cache.second_moments(model, tok, modules, hp.stats, model_id=model_id)
+    covs = second_moments(model, tok, modules, hp, cache, model_id)  # every layer in one pass
     stats_seconds = time.perf_counter() - start
     prefixes = context_prefixes(model, tok, hp)
 
@@ -93,14 +91,7 @@ def apply_memit(model: nn.Module, tok, requests: list[EditRequest], hparams: Mem
         logger.info("MEMIT layer %d: residual norm %.3f, update norm %.3f", layer, float(resid.norm(dim=1).mean()),
                     float(update.norm()))
     seconds = time.perf_counter() - start
-    metrics = {
-        "seconds": seconds,
-        "stats_seconds": stats_seconds,
-        "seconds_per_edit": (seconds - stats_seconds) / len(requests),
-        "nll_before": sum(r["nll_before"] for r in infos) / len(requests),
-        "nll_after": sum(r["nll_after"] for r in infos) / len(requests),
-        **{f"delta_norm.{name}": float(d.norm()) for name, d in deltas.items()},
-    }
+    metrics = edit_metrics(seconds, stats_seconds, infos, deltas)
     return EditResult(deltas, metrics, {"layers": layers, "layer_choice": located, "targets": z.cpu(), "z_module": z_module,
                                         "prefixes": prefixes})
 

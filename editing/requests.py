@@ -12,7 +12,6 @@ paraphrases and generation prompts must contain the subject). CounterFact record
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,25 +155,10 @@ def parse_requests(records: list[Any], source: str = "requests") -> list[EditReq
 
 def read_requests(path: str | Path) -> list[EditRequest]:
     """Read `edits.jsonl` (one JSON object per line) or a JSON list; `where` is "file:line" (1-based)."""
-    from mmadapt.io import read_utf8
+    from mmadapt.io import read_json_items
 
     path = Path(path)
-    text = read_utf8(path, "an edit requests file", DataError)
-    items: list[tuple[str, Any]] = []
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
-        items = [(f"{path}[{i}]", r) for i, r in enumerate(data)]
-    else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from e
+    items = read_json_items(path, "an edit requests file", DataError)
     if not items:
         raise DataError(f"{path}: no edit requests")
     requests = [parse_request(record, where) for where, record in items]

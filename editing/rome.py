@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmadapt.editing.common import EditResult, MomentHParams, accumulate, add_delta, context_prefixes, regularised
+from mmadapt.editing.common import (EditResult, MomentHParams, accumulate, add_delta, context_prefixes, edit_metrics,
+                                    regularised, second_moments)
 from mmadapt.editing.requests import EditRequest, check_batch
 from mmadapt.editing.spec import check_layers, default_rome_layer, spec_for
 from mmadapt.editing.stats import StatsCache
@@ -59,10 +60,7 @@ def apply_rome(model: nn.Module, tok, requests: list[EditRequest], hparams: Rome
     layer = check_layers(model, [chosen], "layer")[0]
     module, param_name = spec.rewrite_name(layer), spec.weight_name(layer)
     start = time.perf_counter()
-    cov = None
-    if hp.mom2:  # statistics of the unedited model, computed (or loaded) before any weight changes
-        cache = cache if cache is not None else StatsCache(hp.stats.cache_dir)
-        cov = cache.second_moments(model, tok, [module], hp.stats, model_id=model_id)[module]
+    cov = second_moments(model, tok, [module], hp, cache, model_id).get(module)
     stats_seconds = time.perf_counter() - start
     prefixes = context_prefixes(model, tok, hp)
     deltas: dict[str, torch.Tensor] = {}
@@ -84,14 +82,7 @@ def apply_rome(model: nn.Module, tok, requests: list[EditRequest], hparams: Rome
         logger.info("ROME %s -> %r at %s: nll %.3f -> %.3f", request.subject, request.target_new, module,
                     info["nll_before"], info["nll_after"])
     seconds = time.perf_counter() - start
-    metrics = {
-        "seconds": seconds,
-        "stats_seconds": stats_seconds,
-        "seconds_per_edit": (seconds - stats_seconds) / len(requests),
-        "nll_before": sum(r["nll_before"] for r in per_request) / len(requests),
-        "nll_after": sum(r["nll_after"] for r in per_request) / len(requests),
-        **{f"delta_norm.{name}": float(d.norm()) for name, d in deltas.items()},
-    }
+    metrics = edit_metrics(seconds, stats_seconds, per_request, deltas)
     return EditResult(deltas, metrics, {"layers": [layer], "layer_choice": located, "keys": keys, "values": values,
                                         "module": module, "prefixes": prefixes})
 

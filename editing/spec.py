@@ -100,9 +100,19 @@ def get_spec(model_type: str, override: dict[str, Any] | None = None) -> ArchSpe
     """The spec of `model_type`, or `override` (the same keys as a `SPECS` entry) for a family not listed."""
     if override is not None:
         try:
-            return ArchSpec(model_type=model_type, **override)
+            spec = ArchSpec(model_type=model_type, **override)
         except TypeError as e:
             raise ConfigError(f"spec override for {model_type!r}: {e}; keys: layer, mlp, attn, rewrite, embed, weight_layout") from e
+        for key in ("layer", "mlp", "attn", "rewrite"):
+            template = getattr(spec, key)
+            try:  # a user's template: '{name}' or a stray brace is bad input (exit 2), never a KeyError
+                ok = isinstance(template, str) and template.format(0) != template
+            except (KeyError, IndexError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"spec override for {model_type!r}: {key}={template!r} must be a module name with "
+                                  "'{}' where the layer index goes, e.g. 'model.layers.{}.mlp'")
+        return spec
     if model_type not in SPECS:
         raise ConfigError(
             f"knowledge editing does not know model_type {model_type!r}; supported: {', '.join(supported())}. "

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.hooks import TraceDict
-from mmadapt.io import atomic_write_bytes, sha256_file
+from mmadapt.io import atomic_write_bytes, read_json_items, read_utf8, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +53,11 @@ def read_corpus(path: str | Path, max_texts: int) -> list[str]:
     if not path.is_file():
         raise DataError(f"stats corpus {path} does not exist (a .txt with one text per line, or .jsonl/.json with 'text')")
     texts: list[str] = []
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of strings or objects with 'text'")
-        items = [(f"{path}[{i}]", item) for i, item in enumerate(data)]
-    elif path.suffix == ".jsonl":
-        items = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append((f"{path}:{lineno}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from e
+    if path.suffix in (".json", ".jsonl"):
+        items = read_json_items(path, "a stats corpus", DataError)
     else:
-        items = [(f"{path}:{i}", line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)]
+        text = read_utf8(path, "a stats corpus", DataError)
+        items = [(f"{path}:{i}", line) for i, line in enumerate(text.splitlines(), start=1)]
     for where, item in items:
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):

@@ -32,6 +32,10 @@ class BaseEncoder(nn.Module, abc.ABC):
     hidden_size: int
     num_features: int
 
+    def __init__(self, config: Any = None) -> None:
+        super().__init__()
+        self.config = config  # the backend's config dataclass (an instance of `config_class`)
+
     @abc.abstractmethod
     def preprocess(self, raw: Any) -> torch.Tensor:
         """Decode and transform one raw item (a path, bytes, an array) into the encoder's input tensor."""

@@ -136,8 +136,7 @@ class VideoEncoder(BaseEncoder):
     config_class = VideoConfig
 
     def __init__(self, config: VideoConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.frame_encoder = registry.build("encoder", config.frame_encoder, where="frame_encoder")
         if getattr(self.frame_encoder, "modality", None) != "image":
             raise ConfigError(f"frame_encoder {config.frame_encoder.get('name')!r} is a "

@@ -23,14 +23,12 @@ class HFVisionConfig(VisionOptions):
 class HFVisionEncoder(BaseEncoder):
     """Tokens of layer `layer` (block index; -1: the last block, before the post-layernorm) of an HF vision model."""
 
-    modality = "image"
     config_class = HFVisionConfig
 
     def __init__(self, config: HFVisionConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-        self.config = config
         where = f"encoder hf_vision name_or_path={config.name_or_path!r}"
         try:
             hf_config = AutoConfig.from_pretrained(config.name_or_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from PIL import Image
 
 from mmadapt.encoders.base import BaseEncoder, VisionOptions, load_image
 from mmadapt.errors import ConfigError
+from mmadapt.io import read_json
 
 CONFIG_FILE = "open_clip_config.json"  # open_clip's own layout for "local-dir:" / "hf-hub:" models
 
@@ -43,7 +43,11 @@ def _model_config(model_name: str) -> dict[str, Any]:
         path = Path(identifier) / CONFIG_FILE
         if not path.is_file():
             raise ConfigError(f"encoder openclip model_name={model_name!r}: {path} does not exist")
-        return json.loads(path.read_text())["model_cfg"]
+        config = read_json(path, f"encoder openclip model_name={model_name!r}: {CONFIG_FILE}", ConfigError, expect=dict)
+        if not isinstance(config.get("model_cfg"), dict):
+            raise ConfigError(f"encoder openclip model_name={model_name!r}: {path} has no 'model_cfg' object "
+                              "(an open_clip config holds model_cfg and preprocess_cfg)")
+        return config["model_cfg"]
     if schema == "hf-hub":
         try:
             return _get_hf_config(identifier)["model_cfg"]
@@ -59,14 +63,12 @@ def _model_config(model_name: str) -> dict[str, Any]:
 class OpenClipEncoder(BaseEncoder):
     """Patch tokens of an open_clip image tower (ViT, timm trunk or ResNet) at block `layer` (-1: the last)."""
 
-    modality = "image"
     config_class = OpenClipConfig
 
     def __init__(self, config: OpenClipConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         import open_clip
 
-        self.config = config
         name = config.model_name
         if Path(name).is_dir():  # a folder in open_clip's export layout, e.g. a saved mmadapt checkpoint's encoder
             name = f"local-dir:{name}"

@@ -20,14 +20,12 @@ class TimmConfig(VisionOptions):
 
 
 class TimmEncoder(BaseEncoder):
-    modality = "image"
     config_class = TimmConfig
 
     def __init__(self, config: TimmConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         import timm
 
-        self.config = config
         try:
             self.model = timm.create_model(
                 config.model_name,

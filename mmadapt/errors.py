@@ -11,3 +11,9 @@ class ConfigError(MMAdaptError, ValueError):
 
 class DataError(MMAdaptError, ValueError):
     """A data file, line, sample or media file is malformed."""
+
+
+class NotAModelError(ConfigError, DataError):
+    """A directory given as a model is none of the kinds mmadapt reads (one type wherever a model is loaded).
+
+    Both a ConfigError and a DataError: the path comes from a flag or a config key, the files from the user."""

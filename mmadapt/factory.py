@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 
 from mmadapt.config import ModelConfig
-from mmadapt.errors import ConfigError
+from mmadapt.errors import ConfigError, NotAModelError
+from mmadapt.peft_names import ADAPTER_CONFIG
 
 MODEL_CONFIG_FILE = "mmadapt_model.yaml"
 
@@ -37,18 +38,36 @@ def build_model(config: ModelConfig) -> Any:
     return MultimodalLM.from_config(config)
 
 
-def checkpoint_kind(directory: str | Path) -> str:
-    """"vlm" or "llm": which model class saved `directory` (its mmadapt_model.yaml says)."""
-    path = Path(directory) / MODEL_CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+def checkpoint_format(directory: str | Path, what: str = "") -> str:
+    """Which kind of model directory `directory` is, from its files (the one place that decides it):
+
+    "mmadapt" (a composed MultimodalLM: mmadapt_model.yaml), "mmadapt-vlm" (an HF vision-language model mmadapt
+    saved in its family's layout: mmadapt_model.yaml with `vlm`), "adapter" (a peft LoRA adapter), "hf-vlm" (a
+    plain Hugging Face model of a supported VLM family) or "hf" (any other Hugging Face model: config.json).
+    Anything else is a NotAModelError naming the directory (`what`: how messages name it, default its path)."""
+    directory = Path(directory)
+    label = what or str(directory)
+    if not directory.is_dir():
+        raise NotAModelError(f"{label}: not a model directory (no such directory, or not a directory)")
+    if (directory / MODEL_CONFIG_FILE).is_file():
+        return "mmadapt-vlm" if _saved_vlm(directory / MODEL_CONFIG_FILE) else "mmadapt"
+    if (directory / ADAPTER_CONFIG).is_file():
+        return "adapter"
+    if (directory / "config.json").is_file():
+        return "hf-vlm" if is_hf_vlm_dir(directory) else "hf"
+    raise NotAModelError(f"{label}: not a model directory: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE}), a "
+                         f"Hugging Face model (no config.json) or a peft LoRA adapter (no {ADAPTER_CONFIG})")
+
+
+def _saved_vlm(path: Path) -> bool:
+    """Whether an mmadapt_model.yaml describes an HF VLM (`vlm:` set) rather than a composed model."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: unreadable: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of model config keys")
-    return "vlm" if raw.get("vlm") else "llm"
+    return bool(raw.get("vlm"))
 
 
 def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_code: bool = False) -> Any:
@@ -57,9 +76,13 @@ def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_c
     from mmadapt.config import VLMConfig
     from mmadapt.hf.model import HFVisionLM
 
-    if not (Path(directory) / MODEL_CONFIG_FILE).is_file() and is_hf_vlm_dir(Path(directory)):
+    kind = checkpoint_format(directory)
+    if kind == "hf-vlm":
         return HFVisionLM.from_config(ModelConfig(vlm=VLMConfig(name_or_path=str(directory))), is_trainable=is_trainable)
-    if checkpoint_kind(directory) == "vlm":
+    if kind not in ("mmadapt", "mmadapt-vlm"):
+        raise NotAModelError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE}; it is a{'n' if kind == 'adapter' else ''} "
+                             f"{kind} directory)")
+    if kind == "mmadapt-vlm":
         return HFVisionLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
     from mmadapt.model import MultimodalLM
 
@@ -67,12 +90,14 @@ def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_c
     return MultimodalLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
 
 
-def is_hf_vlm_dir(directory: Path) -> bool:
+def is_hf_vlm_dir(directory: str | Path) -> bool:
+    """Whether `directory` holds a Hugging Face model of a supported vision-language family (its config.json says)."""
     import json
 
     from mmadapt.hf.families import FAMILIES
 
     try:
-        return json.loads((directory / "config.json").read_text()).get("model_type") in FAMILIES
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return isinstance(config, dict) and config.get("model_type") in FAMILIES

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from mmadapt.errors import ConfigError, MMAdaptError
+from mmadapt.errors import ConfigError, DataError, MMAdaptError
 
 MANIFEST = "manifest.json"  # lineage.MANIFEST; here to avoid an import cycle
 
@@ -35,6 +35,49 @@ def read_utf8(path: str | os.PathLike, kind: str, error: type[MMAdaptError] = Co
         line = raw[: e.start].count(b"\n") + 1
         raise error(f"{path}:{line}: line {line} holds byte 0x{raw[e.start]:02x}, which is not valid UTF-8; {kind} "
                     "must be UTF-8 text") from None
+
+
+def parse_json(text: str, where: str, error: type[MMAdaptError] = DataError, line: int = 1) -> Any:
+    """`json.loads(text)`; bad JSON is `error` naming `where:line` (`line`: where `text` starts in its file)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}:{line + e.lineno - 1}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise error(f"{where}:{line}: invalid JSON: nested too deeply") from None
+
+
+def read_json(path: str | os.PathLike, kind: str, error: type[MMAdaptError] = DataError,
+              expect: type | None = None) -> Any:
+    """A JSON file's value; a missing file, bad UTF-8 or bad JSON is `error` naming the file and line, and a value
+    that is not an `expect` (dict, list) names what was found (`kind`: what the file is, for the message)."""
+    value = parse_json(read_utf8(path, kind, error), str(path), error)
+    if expect is not None and not isinstance(value, expect):
+        raise error(f"{path}: {kind} must hold a JSON {_JSON_NAMES.get(expect, expect.__name__)}, "
+                    f"not {_JSON_NAMES.get(type(value), type(value).__name__)}")
+    return value
+
+
+_JSON_NAMES = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def read_json_items(path: str | os.PathLike, kind: str, error: type[MMAdaptError] = DataError) -> list[tuple[str, Any]]:
+    """[(where, item)] from a JSON list file (`.json`, or text starting with '[') or a JSON-lines file; `where` is
+    "file[i]" or "file:line" (1-based; blank lines skipped), for messages about one item."""
+    path = Path(path)
+    text = read_utf8(path, kind, error)
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        data = parse_json(text, str(path), error)
+        if not isinstance(data, list):
+            raise error(f"{path}: {kind} in .json form must hold a list of records")
+        return [(f"{path}[{i}]", item) for i, item in enumerate(data)]
+    items: list[tuple[str, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        items.append((f"{path}:{lineno}", parse_json(line, str(path), error, lineno)))
+    return items
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -149,6 +192,22 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def replace_directory(staged: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the finished directory `staged` to `path` (same filesystem): renamed into place, an existing `path`
+    first moved aside and removed only once the new one is there, so a kill leaves one whole version
+    (`clean_stale` restores the previous one if the kill fell between the two renames)."""
+    staged, path = Path(staged), Path(path)
+    _fsync_dir(staged)
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{_owner_tag()}", dir=path.parent))
+        os.replace(path, old / path.name)
+        os.replace(staged, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, path)
+    _fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename.
@@ -166,15 +225,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the output is a normal directory
         yield tmp
-        _fsync_dir(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{_owner_tag()}", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

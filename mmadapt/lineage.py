@@ -7,7 +7,6 @@ A manifest embeds the manifests of its inputs as `parents`, so one file tells th
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from mmadapt import __version__
 from mmadapt.errors import DataError
-from mmadapt.io import atomic_write_json, contained_path, sha256_file
+from mmadapt.io import atomic_write_json, contained_path, read_json, sha256_file
 
 MANIFEST = "manifest.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".faiss", ".sqlite", ".gguf")
@@ -51,10 +50,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DataError(f"{path}: not a readable manifest (JSON): {e}") from None
+    manifest = read_json(path, "a manifest", DataError)
     problem = _shape_problem(manifest)
     if problem:
         raise DataError(f"{path}: {problem}")

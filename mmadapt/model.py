@@ -20,7 +20,8 @@ from torch import nn
 
 from mmadapt import registry
 from mmadapt.config import LLMConfig, ModelConfig, from_dict, to_dict
-from mmadapt.errors import ConfigError, DataError
+from mmadapt.errors import ConfigError, DataError, NotAModelError
+from mmadapt.peft_names import wrap_base_layer
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class MultimodalLM(nn.Module):
         directory = Path(directory)
         path = directory / MODEL_CONFIG_FILE
         if not path.is_file():
-            raise ConfigError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+            raise NotAModelError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
         check_complete(directory, kind="loading", parts=(LLM_DIR, ADAPTER_DIR, MULTIMODAL_WEIGHTS, "encoders"))
         raw = untrusted_yaml(path, trust_remote_code)
         raw = resolve_checkpoint_refs(raw, directory)
@@ -331,7 +332,7 @@ class MultimodalLM(nn.Module):
         """
         directory = Path(directory)
         if not (directory / MODEL_CONFIG_FILE).is_file():
-            raise ConfigError(f"{directory} is not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
+            raise NotAModelError(f"{directory}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
         has_adapter = (directory / ADAPTER_DIR).is_dir()
         if has_adapter and not (adapters and is_peft_model(self.llm)):
             raise ConfigError(f"model.init_from: {directory} holds an adapter; merge it first (mmadapt export --merge-adapters)")
@@ -341,8 +342,7 @@ class MultimodalLM(nn.Module):
         target = self.llm.get_base_model() if is_peft_model(self.llm) else self.llm
         if is_peft_model(self.llm):  # the base weights sit under `.base_layer` inside LoRA-wrapped modules
             own = set(target.state_dict())
-            state = {(k if k in own else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")): v
-                     for k, v in state.items()}
+            state = {wrap_base_layer(k, own): v for k, v in state.items()}
         try:
             result = target.load_state_dict(state, strict=False)
         except RuntimeError as e:  # size mismatch: a checkpoint of another width / vocabulary

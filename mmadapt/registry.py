@@ -17,9 +17,9 @@ REGISTRY: dict[str, dict[str, str]] = {
         "timm": "mmadapt.encoders.vision_timm:TimmEncoder",
         "openclip": "mmadapt.encoders.vision_openclip:OpenClipEncoder",
         "hf_vision": "mmadapt.encoders.vision_hf:HFVisionEncoder",
-        "whisper": "mmadapt.encoders.audio:WhisperEncoder",
-        "wav2vec2": "mmadapt.encoders.audio:Wav2Vec2Encoder",
-        "tiny_audio": "mmadapt.encoders.audio:TinyAudioEncoder",
+        "whisper": "mmadapt.encoders.audio_hf:WhisperEncoder",
+        "wav2vec2": "mmadapt.encoders.audio_hf:Wav2Vec2Encoder",
+        "tiny_audio": "mmadapt.encoders.audio_tiny:TinyAudioEncoder",
         "video": "mmadapt.encoders.video:VideoEncoder",
     },
     "connector": {

@@ -30,25 +30,19 @@ VOCAB_TEXT = [
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     """A word-level tokenizer (ChatML template) saved to disk, built offline."""
-    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+    from tests.tiny import word_tokenizer
 
-    path = tmp_path_factory.mktemp("tokenizer")
-    train_word_tokenizer(VOCAB_TEXT, path, extra_tokens=["<image>", "<audio>", "<video>"])
-    return path
+    return word_tokenizer(tmp_path_factory.mktemp("tokenizer"), VOCAB_TEXT, ("<image>", "<audio>", "<video>"))
 
 
 @pytest.fixture
 def make_model_config(tokenizer_dir):
     """Build a ModelConfig for a tiny LLM of `model_type`, with (optionally) a tiny ViT + connector."""
-    from mmadapt.config import ModelConfig, from_dict
-    from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
+    from tests.tiny import model_config, model_spec
 
     def make(model_type: str = "llama", image: bool = True, connector: dict | None = None, hidden: int = 32):
-        data = {"llm": {"config": tiny_llm_config(model_type, hidden=hidden, heads=2), "tokenizer": str(tokenizer_dir)}}
-        if image:
-            data["encoders"] = {"image": tiny_vit_encoder(image_size=16, patch_size=8, width=32, depth=1)}
-            data["connectors"] = {"image": connector or {"name": "mlp", "depth": 2}}
-        return from_dict(ModelConfig, data)
+        return model_config(model_spec(tokenizer_dir, image, model_type, hidden=hidden, layers=2, heads=2, image_size=16,
+                                       connector=connector or {"name": "mlp", "depth": 2}))
 
     return make
 

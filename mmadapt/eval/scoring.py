@@ -33,19 +33,14 @@ class LLRequest:
 
 def load_eval_model(directory: str | Path, trust_remote_code: bool = False) -> Any:
     """Any mmadapt checkpoint (composed or HF VLM), or a plain HF causal-LM directory, in eval mode."""
-    from mmadapt.factory import MODEL_CONFIG_FILE, load_model
+    from mmadapt.factory import checkpoint_format, load_model
 
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ConfigError(f"--model {directory}: not a directory")
-    if (directory / MODEL_CONFIG_FILE).is_file() or not (directory / "config.json").is_file():
+    if checkpoint_format(directory, f"--model {directory}") != "hf":
         return load_model(directory, trust_remote_code=trust_remote_code).eval()
     from mmadapt.config import LLMConfig, ModelConfig
-    from mmadapt.factory import is_hf_vlm_dir
     from mmadapt.model import MultimodalLM
 
-    if is_hf_vlm_dir(directory):
-        return load_model(directory, trust_remote_code=trust_remote_code).eval()
     config = ModelConfig(llm=LLMConfig(name_or_path=str(directory), trust_remote_code=trust_remote_code))
     return MultimodalLM.from_config(config).eval()  # a text LM is a MultimodalLM with no encoders
 

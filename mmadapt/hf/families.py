@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mmadapt.errors import ConfigError
+from mmadapt.peft_names import strip_peft_prefix
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,6 @@ FAMILIES: dict[str, Family] = {
                         "llm": ("model.text_model", "lm_head")},
                        "model.text_model"),
 }
-
-PEFT_PREFIX = "base_model.model."
-
-
-def strip_peft_prefix(name: str) -> str:
-    """A parameter name of a peft-wrapped model under the HF model's own naming."""
-    name = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
-    for marker in (".base_layer", ".modules_to_save.default", ".original_module"):
-        name = name.replace(marker, "")
-    return name
-
 
 def family_for(model_type: str, where: str) -> Family:
     if model_type not in FAMILIES:

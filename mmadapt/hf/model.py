@@ -21,11 +21,11 @@ from torch import nn
 from mmadapt.config import ModelConfig, PeftConfig, VLMConfig, from_dict, to_dict
 from mmadapt.errors import ConfigError
 from mmadapt.hf.families import Family, family_for
+from mmadapt.peft_names import ADAPTER_CONFIG
 
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_FILE = "mmadapt_model.yaml"  # the same marker file as MultimodalLM checkpoints
-ADAPTER_CONFIG = "adapter_config.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 

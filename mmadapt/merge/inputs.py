@@ -8,7 +8,6 @@ according to its lineage manifest.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,8 +17,9 @@ import torch
 import yaml
 
 from mmadapt import lineage
-from mmadapt.factory import checkpoint_kind
-from mmadapt.errors import ConfigError, DataError
+from mmadapt.errors import ConfigError, DataError, NotAModelError
+from mmadapt.factory import checkpoint_format
+from mmadapt.io import read_json
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 from mmadapt.merge.lora import ADAPTER_CONFIG, AdaptedSource, Adapter
 from mmadapt.model import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE, MULTIMODAL_WEIGHTS  # the checkpoint layout
@@ -57,19 +57,20 @@ def open_input(path: str, label: str) -> ModelInput:
     directory = Path(path)
     label = f"{label} ({path})"
     if not directory.is_dir():
-        raise ConfigError(f"{label}: no such directory (merges read local directories; download hub models first)")
+        raise NotAModelError(f"{label}: no such directory (merges read local directories; download hub models first)")
+    kind = checkpoint_format(directory, label)
     # an HF vision-language model trained by mmadapt is saved in its family's own layout (config.json, or a peft
     # adapter), not as llm/ + multimodal.safetensors: it merges as the HF model or adapter it is
-    if (directory / MODEL_CONFIG_FILE).is_file() and checkpoint_kind(directory) != "vlm":
+    if kind == "mmadapt":
         adapter = directory / ADAPTER_DIR
         return ModelInput(label, directory, "multimodal", llm_dir=directory / LLM_DIR,
                           adapter_dir=adapter if adapter.is_dir() else None)
     if (directory / ADAPTER_CONFIG).is_file():
         return ModelInput(label, directory, "adapter", adapter_dir=directory)
-    if (directory / "config.json").is_file():
-        return ModelInput(label, directory, "hf", llm_dir=directory)
-    raise ConfigError(f"{label}: not a model directory: expected {MODEL_CONFIG_FILE} (mmadapt checkpoint), "
-                      f"config.json (Hugging Face model) or {ADAPTER_CONFIG} (peft LoRA adapter)")
+    if not (directory / "config.json").is_file():
+        raise NotAModelError(f"{label}: not a model directory: an HF vision-language checkpoint without config.json "
+                             f"or {ADAPTER_CONFIG}")
+    return ModelInput(label, directory, "hf", llm_dir=directory)
 
 
 def llm_source(inp: ModelInput, base: ModelInput | None) -> Source:
@@ -88,15 +89,8 @@ def multimodal_source(inp: ModelInput) -> TensorSource | None:
     return TensorSource([inp.multimodal_file], inp.label) if inp.multimodal_file else None
 
 
-def _read_json(path: Path, label: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{label}: cannot read {path}: {e}") from e
-
-
 def hf_config(inp: ModelInput) -> dict[str, Any]:
-    return _read_json(inp.llm_dir / "config.json", inp.label)
+    return read_json(inp.llm_dir / "config.json", f"{inp.label}: config.json", DataError, expect=dict)
 
 
 def check_kinds(base: ModelInput | None, models: list[ModelInput], output: str) -> None:
@@ -122,7 +116,7 @@ def check_architectures(reference: ModelInput, inputs: list[ModelInput]) -> None
     ref = hf_config(reference)
     for inp in inputs:
         if inp.kind == "adapter":
-            mapping = _read_json(inp.adapter_dir / ADAPTER_CONFIG, inp.label).get("auto_mapping") or {}
+            mapping = read_json(inp.adapter_dir / ADAPTER_CONFIG, f"{inp.label}: {ADAPTER_CONFIG}", DataError, expect=dict).get("auto_mapping") or {}
             trained_on = mapping.get("base_model_class")
             if trained_on and ref.get("architectures") and trained_on not in ref["architectures"]:
                 raise ConfigError(f"{inp.label}: the adapter was trained on a {trained_on}, but {reference.label} "

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mmadapt.errors import DataError
-from mmadapt.io import atomic_write_json, contained_path
+from mmadapt.io import atomic_write_json, contained_path, read_json
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -108,10 +108,7 @@ class TensorSource:
 def read_index(index: Path, label: str) -> dict[str, str]:
     """The weight_map of a `*.safetensors.index.json`, every shard name checked to stay inside its folder
     (an absolute or `../` name would otherwise be read from anywhere on the machine)."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"{label}: {index} is not a safetensors index (needs a 'weight_map'): {e}") from None
+    weight_map = read_json(index, f"{label}: a safetensors index", DataError, expect=dict).get("weight_map")
     if not isinstance(weight_map, dict):
         raise DataError(f"{label}: {index}: weight_map must map tensor names to shard file names")
     for name, shard in weight_map.items():

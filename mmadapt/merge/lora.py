@@ -10,7 +10,6 @@ and alpha patterns resolved by peft's own matcher.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Any
 import torch
 
 from mmadapt.errors import ConfigError, DataError
+from mmadapt.io import read_json
+from mmadapt.peft_names import ADAPTER_CONFIG, PEFT_PREFIX, unwrap_base_layer
 from mmadapt.merge.lazy import TensorInfo, TensorSource
 
-ADAPTER_CONFIG = "adapter_config.json"
-PREFIX = "base_model.model."
+PREFIX = PEFT_PREFIX
 _FACTORS = {".lora_A.weight": ("A", False), ".lora_B.weight": ("B", False),
             ".lora_embedding_A": ("A", True), ".lora_embedding_B": ("B", True)}
 
@@ -70,10 +70,7 @@ class Adapter:
         self.directory = Path(directory)
         self.label = label
         path = self.directory / ADAPTER_CONFIG
-        try:
-            self.config: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{label}: cannot read {path}: {e}") from e
+        self.config: dict[str, Any] = read_json(path, f"{label}: {ADAPTER_CONFIG}", DataError, expect=dict)
         peft_type = self.config.get("peft_type", "LORA")
         if peft_type != "LORA":
             raise ConfigError(f"{label}: a {peft_type} adapter; mmadapt merges LoRA adapters only")
@@ -115,9 +112,9 @@ class Adapter:
                     raise DataError(f"{self.label}: unsupported adapter tensor {name} (supported: LoRA A/B of linear "
                                     f"and embedding layers, and modules_to_save)")
                 # modules_to_save copies, and embedding base layers (peft saves them in case tokens were added)
-                target = short.replace(".base_layer.", ".")
+                target = unwrap_base_layer(short)
                 self.replacements[target] = name
-                if ".base_layer." in short:
+                if target != short:
                     self.base_layers.add(target)
         fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
         for module, pair in factors.items():

@@ -130,8 +130,8 @@ def from_mergekit(data: dict[str, Any], where: str = "mergekit config") -> dict[
             raise ConfigError(f"{where}: {key}: {REFUSED_KEYS[key]}")
         if key not in TOP_KEYS:
             raise ConfigError(f"{where}: {key}: not a mergekit key mmadapt reads; valid: {', '.join(sorted(TOP_KEYS))}")
-    method = data["merge_method"]
-    if method not in METHODS:
+    method = data.get("merge_method")  # a missing or non-string method is bad input (exit 2), never a KeyError
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"{where}: merge_method: {method!r} cannot be expressed by mmadapt; valid: {', '.join(METHODS)}")
     if ("models" in data) == ("slices" in data):
         raise ConfigError(f"{where}: give exactly one of models: or slices:")
@@ -178,11 +178,6 @@ def _check_tokenizer_source(source: Any, base_model: str | None, models: list[di
         return
     raise ConfigError(f"{where}: tokenizer_source: {source!r} cannot be expressed; mmadapt keeps the tokenizer of "
                       f"{reference} (valid: base, union, {reference}); the models' vocabularies must be identical")
-
-
-def read_mergekit_yaml(path: str | Path) -> dict[str, Any]:
-    """Read and translate a mergekit YAML file; errors name the file."""
-    return from_mergekit(read_yaml(path), where=str(path))
 
 
 def translate(source: str | Path | dict[str, Any]) -> str | Path | dict[str, Any]:

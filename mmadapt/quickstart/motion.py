@@ -8,11 +8,12 @@ within the quickstart's time budget, so every clip changes and the questions ask
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
+
+from mmadapt.quickstart.qa_files import write_qa_splits
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40)}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -92,18 +93,15 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 1500, n_eval: in
     if square + step * (num_frames - 1) > size:
         raise ValueError(f"a {square}-pixel square moving {step} pixels a frame for {num_frames} frames leaves a {size}-pixel frame")
     out = Path(out_dir)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     codec = pick_codec()
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        with (out / f"{split}.jsonl").open("w") as f:
-            for i in range(n):
-                kind = kinds[i % len(kinds)]
-                frames, answer = make_clip(rng, kind, size=size, num_frames=num_frames, square=square, step=step)
-                name = f"videos/{split}-{i:05d}.mp4"
-                write_video(out / name, frames, fps=fps, codec=codec)
-                record = {"id": f"{split}-{i}", "video": name, "conversations": [
-                    {"from": "human", "value": f"<video>\n{rng.choice(QUESTIONS[kind])}"}, {"from": "gpt", "value": answer}]}
-                f.write(json.dumps(record) + "\n")
+
+    def make(i: int, path: Path) -> tuple[str, str]:
+        kind = kinds[i % len(kinds)]
+        frames, answer = make_clip(rng, kind, size=size, num_frames=num_frames, square=square, step=step)
+        write_video(path, frames, fps=fps, codec=codec)
+        return rng.choice(QUESTIONS[kind]), answer
+
+    write_qa_splits(out, "video", "videos", "mp4", {"train": n_train, "eval": n_eval}, make)
     words = [q for qs in QUESTIONS.values() for q in qs] + list(COLOURS) + list(DIRECTIONS)
     train_word_tokenizer(words, out / "tokenizer", extra_tokens=["<video>"])

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from mmadapt.quickstart.qa_files import COUNTS, write_qa_splits
+
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40)}
 SHAPES = ("circle", "square", "triangle")
 CELLS = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}
-COUNTS = {1: "one", 2: "two", 3: "three"}
 QUESTIONS = {
     "colour": ["what colour is the shape?", "which colour does the shape have?"],
     "shape": ["what shape is it?", "which shape is in the image?"],
@@ -57,18 +57,15 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 3000, n_eval: in
     from mmadapt.quickstart.tokenizer import train_word_tokenizer
 
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    texts = []
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        with (out / f"{split}.jsonl").open("w") as f:
-            for i in range(n):
-                image, question, answer = make_sample(rng, image_size)
-                name = f"images/{split}-{i:05d}.png"
-                image.save(out / name)
-                texts += [question, answer]
-                record = {"id": f"{split}-{i}", "image": name, "conversations": [
-                    {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
-                f.write(json.dumps(record) + "\n")
+    texts: list[str] = []
+
+    def make(_i: int, path: Path) -> tuple[str, str]:
+        image, question, answer = make_sample(rng, image_size)
+        image.save(path)
+        texts.extend([question, answer])
+        return question, answer
+
+    write_qa_splits(out, "image", "images", "png", {"train": n_train, "eval": n_eval}, make)
     all_words = [" ".join(QUESTIONS[k]) for k in QUESTIONS] + list(COLOURS) + list(SHAPES) + list(CELLS) + list(COUNTS.values())
     train_word_tokenizer(texts + all_words, out / "tokenizer", extra_tokens=["<image>"])

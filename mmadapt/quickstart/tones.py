@@ -7,16 +7,16 @@ the metric.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
 import numpy as np
 
+from mmadapt.quickstart.qa_files import COUNTS, write_qa_splits
+
 # Pitch bands two octaves apart, so one band is never confused with another by a coarse mel front-end.
 BANDS = {"low": (180.0, 260.0), "middle": (700.0, 1000.0), "high": (2600.0, 3600.0)}
-COUNTS = {1: "one", 2: "two", 3: "three"}
 QUESTIONS = {
     "pitch": ["is the tone low, middle or high?", "how high is the tone?"],
     "count": ["how many beeps are there?", "count the beeps."],
@@ -98,18 +98,15 @@ def generate(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_eval: in
             raise ValueError(f"unknown question kind {kind!r}; valid: {', '.join(QUESTIONS)}")
     rates = list(sample_rates or [16000, 22050])
     out = Path(out_dir)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        with (out / f"{split}.jsonl").open("w") as f:
-            for i in range(n):
-                kind = kinds[i % len(kinds)]  # balanced question kinds
-                rate = rng.choice(rates)
-                clip, answer = make_clip(rng, kind, rate, seconds)
-                name = f"audio/{split}-{i:05d}.wav"
-                sf.write(out / name, clip, rate, subtype="PCM_16")
-                record = {"id": f"{split}-{i}", "audio": name, "conversations": [
-                    {"from": "human", "value": f"<audio>\n{rng.choice(QUESTIONS[kind])}"}, {"from": "gpt", "value": answer}]}
-                f.write(json.dumps(record) + "\n")
+
+    def make(i: int, path: Path) -> tuple[str, str]:
+        kind = kinds[i % len(kinds)]  # balanced question kinds
+        rate = rng.choice(rates)
+        clip, answer = make_clip(rng, kind, rate, seconds)
+        sf.write(path, clip, rate, subtype="PCM_16")
+        return rng.choice(QUESTIONS[kind]), answer
+
+    write_qa_splits(out, "audio", "audio", "wav", {"train": n_train, "eval": n_eval}, make)
     words = [q for qs in QUESTIONS.values() for q in qs] + list(BANDS) + list(COUNTS.values()) + ["up", "down", "chord", "single"]
     train_word_tokenizer(words, out / "tokenizer", extra_tokens=["<audio>"])

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmadapt.errors import ConfigError
+from mmadapt.errors import ConfigError, NotAModelError
 
 
 class PlainCausalLM(nn.Module):
@@ -56,18 +56,17 @@ class PlainCausalLM(nn.Module):
 
 def load_servable(directory: str | Path, trust_remote_code: bool = False) -> Any:
     """An mmadapt checkpoint, a supported HF VLM directory, or a plain HF causal LM directory."""
-    from mmadapt.factory import MODEL_CONFIG_FILE, is_hf_vlm_dir, load_model
+    from mmadapt.factory import checkpoint_format, load_model
 
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ConfigError(f"model {directory}: not a directory (an mmadapt checkpoint or a Hugging Face model directory)")
-    if (directory / MODEL_CONFIG_FILE).is_file() or is_hf_vlm_dir(directory):
-        model = load_model(directory, trust_remote_code=trust_remote_code)
-    elif (directory / "config.json").is_file():
+    kind = checkpoint_format(directory, f"model {directory}")
+    if kind == "adapter":
+        raise NotAModelError(f"model {directory}: a peft adapter; merge it into its base model first (mmadapt export "
+                             "--merge-adapters) and serve that")
+    if kind == "hf":
         model = PlainCausalLM.from_pretrained(directory, trust_remote_code=trust_remote_code)
     else:
-        raise ConfigError(f"model {directory}: neither an mmadapt checkpoint ({MODEL_CONFIG_FILE}) "
-                          "nor a Hugging Face model directory (config.json)")
+        model = load_model(directory, trust_remote_code=trust_remote_code)
     model.eval()
     return model
 

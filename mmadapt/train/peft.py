@@ -22,6 +22,7 @@ from torch import nn
 
 from mmadapt.config import PeftConfig
 from mmadapt.errors import ConfigError
+from mmadapt.peft_names import unwrap_base_layer
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def save_peft_llm(llm: Any, llm_dir: str | Path, adapter_dir: str | Path) -> Non
     base = llm.get_base_model()
     # The injected layers rename weights to `...base_layer.weight`; save the base under its own names.
     clean = {
-        key.replace(".base_layer.", "."): value
+        unwrap_base_layer(key): value
         for key, value in base.state_dict().items()
         if not is_adapter_parameter(key)
     }

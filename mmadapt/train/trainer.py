@@ -8,7 +8,6 @@ into a staging directory and renamed, so a killed run never leaves a half-writte
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from mmadapt.interfaces import Objective
+from mmadapt.io import replace_directory
 
 STAGING = ".staging"
 
@@ -123,10 +123,7 @@ class MMTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             name = f"checkpoint-{self.state.global_step}"
-            final = run_dir / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging / name, final)
+            replace_directory(staging / name, run_dir / name)
             shutil.rmtree(staging, ignore_errors=True)
             from transformers.trainer_utils import rotate_checkpoints
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.tiny import build_model, model_spec
+
 IGNORE = -100
 CORPUS = ["what colour is the sky? The sky is blue.", "and the grass? The grass is green.", "Describe the image.",
           "You are a radiologist.", "No acute findings. Clear lungs.", "weather in Paris", "sunny, 21 degrees"]
@@ -28,15 +30,7 @@ def make_tokenizer(directory: Path) -> Path:
 
 
 def make_model(tokenizer_dir: Path, image: bool = True):
-    from mmadapt.config import ModelConfig, from_dict
-    from mmadapt.model import MultimodalLM
-    from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
-
-    spec: dict[str, Any] = {"llm": {"config": tiny_llm_config("llama", hidden=32, layers=1), "tokenizer": str(tokenizer_dir)}}
-    if image:
-        spec["encoders"] = {"image": tiny_vit_encoder(image_size=32, patch_size=8, width=32, depth=1)}
-        spec["connectors"] = {"image": {"name": "linear"}}
-    return MultimodalLM.from_config(from_dict(ModelConfig, spec))
+    return build_model(model_spec(tokenizer_dir, image=image))
 
 
 def png(path: Path, colour: tuple[int, int, int] = (200, 10, 10)) -> Path:

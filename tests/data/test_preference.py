@@ -8,31 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmadapt.config import DataConfig, ModelConfig, from_dict
+from mmadapt.config import DataConfig
 from mmadapt.data.preference import KTOCollator, PreferenceCollator, read_kto_records, read_preference_records
 from mmadapt.data.templates import render
 from mmadapt.errors import DataError
 from mmadapt.model import MultimodalLM
-from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
+from tests.tiny import build_model, model_spec, word_tokenizer
 
 WORDS = "what is the capital of france paris lyon rome italy and answer colour sky blue red describe image"
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from mmadapt.quickstart.tokenizer import train_word_tokenizer
-
-    directory = tmp_path_factory.mktemp("tok")
-    train_word_tokenizer([WORDS], directory, extra_tokens=["<image>"])
-    return directory
+    return word_tokenizer(tmp_path_factory.mktemp("tok"), [WORDS])
 
 
 def make_model(tokenizer_dir: Path, vision: bool = False) -> MultimodalLM:
-    spec = {"llm": {"config": tiny_llm_config("llama", hidden=32, layers=1), "tokenizer": str(tokenizer_dir)}}
-    if vision:
-        spec["encoders"] = {"image": tiny_vit_encoder(image_size=32, patch_size=8, width=32, depth=1)}
-        spec["connectors"] = {"image": {"name": "linear"}}
-    return MultimodalLM.from_config(from_dict(ModelConfig, spec))
+    return build_model(model_spec(tokenizer_dir, image=vision))
 
 
 @pytest.fixture(scope="module")

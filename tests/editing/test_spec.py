@@ -50,6 +50,10 @@ def test_override_spec_for_an_unlisted_family():
     assert spec.weight_name(3) == "model.decoder.layers.3.fc2.weight"
     with pytest.raises(ConfigError, match="keys"):
         get_spec("opt", {"layer": "x.{}"})
+    good = {"layer": "l.{}", "mlp": "l.{}.mlp", "attn": "l.{}.attn", "rewrite": "l.{}.mlp.out", "embed": "e"}
+    for key, bad in (("layer", "l.{i}"), ("mlp", "l.mlp"), ("rewrite", "l.{"), ("attn", 3)):
+        with pytest.raises(ConfigError, match=f"{key}=.*'{{}}' where the layer index goes"):
+            get_spec("opt", {**good, key: bad})
 
 
 def test_layer_checks():

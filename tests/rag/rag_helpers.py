@@ -67,19 +67,11 @@ def tiny_lm(texts: list[str], directory: Path, image: bool = False, seed: int = 
     image encoder and MLP connector when `image`."""
     import torch
 
-    from mmadapt.config import ModelConfig, from_dict
-    from mmadapt.model import MultimodalLM
-    from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
-    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+    from tests.tiny import build_model, model_spec, word_tokenizer
 
-    train_word_tokenizer(texts, directory, extra_tokens=["<image>"])
-    spec: dict[str, Any] = {"llm": {"config": tiny_llm_config("llama", hidden=32, layers=1, heads=2),
-                                    "tokenizer": str(directory)}}
-    if image:
-        spec["encoders"] = {"image": tiny_vit_encoder(image_size=16, patch_size=8, width=32, depth=1)}
-        spec["connectors"] = {"image": {"name": "mlp"}}
+    spec = model_spec(word_tokenizer(directory, texts), image, heads=2, image_size=16, connector={"name": "mlp"})
     torch.manual_seed(seed)
-    return MultimodalLM.from_config(from_dict(ModelConfig, spec))
+    return build_model(spec)
 
 
 def prompt_passages(prompt: str) -> list[str]:

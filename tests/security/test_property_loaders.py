@@ -51,6 +51,21 @@ def outcome(call) -> str:
     return "ok"
 
 
+def mutated_outcomes(path: Path, base: bytes, load, max_ops: int = 3) -> list[str]:
+    """Write `base` with 1..max_ops random mutations to `path` and call `load(path)`, over SETTINGS' examples; each
+    outcome must be 'ok' or 'refused'. Returns the outcomes."""
+    results = []
+
+    @SETTINGS
+    @given(st.lists(mutation, min_size=1, max_size=max_ops))
+    def check(ops):
+        path.write_bytes(mutate(base, ops))
+        results.append(outcome(lambda: load(path)))
+
+    check()
+    return results
+
+
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
     """One tiny text-only model for every data loader (built once: loaders only read its tokenizer and encoders)."""
@@ -71,17 +86,7 @@ def test_run_config_loader_property(tmp_path_factory):
     from mmadapt.config import load_run
 
     base = (Path(__file__).resolve().parents[2] / "mmadapt/quickstart/configs/vlm.yaml").read_bytes()
-    folder = tmp_path_factory.mktemp("cfg")
-    results = []
-
-    @SETTINGS
-    @given(st.lists(mutation, min_size=1, max_size=4))
-    def check(ops):
-        path = folder / "run.yaml"
-        path.write_bytes(mutate(base, ops))
-        results.append(outcome(lambda: load_run(path)))
-
-    check()
+    results = mutated_outcomes(tmp_path_factory.mktemp("cfg") / "run.yaml", base, load_run, max_ops=4)
     assert len(results) >= 50 and "refused" in results  # the mutations do reach the validator
 
 
@@ -111,15 +116,7 @@ def test_data_loaders_property(tmp_path_factory, text_model, fmt):
     path.write_bytes(base)
     cfg = from_dict(DataConfig, {"train": str(path), "format": fmt, "max_length": 32})
     assert outcome(lambda: load_data(model, cfg)) == "ok"  # the unmutated file loads
-    results = []
-
-    @SETTINGS
-    @given(st.lists(mutation, min_size=1, max_size=3))
-    def check(ops):
-        path.write_bytes(mutate(base, ops))
-        results.append(outcome(lambda: load_data(model, cfg)))
-
-    check()
+    results = mutated_outcomes(path, base, lambda _path: load_data(model, cfg))
     assert len(results) >= 50 and "refused" in results
 
 
@@ -127,17 +124,7 @@ def test_edit_requests_property(tmp_path_factory):
     from mmadapt.editing.requests import read_requests
 
     base = (Path(__file__).resolve().parents[2] / "examples/edits.jsonl").read_bytes()
-    folder = tmp_path_factory.mktemp("edits")
-    results = []
-
-    @SETTINGS
-    @given(st.lists(mutation, min_size=1, max_size=3))
-    def check(ops):
-        path = folder / "edits.jsonl"
-        path.write_bytes(mutate(base, ops))
-        results.append(outcome(lambda: read_requests(path)))
-
-    check()
+    results = mutated_outcomes(tmp_path_factory.mktemp("edits") / "edits.jsonl", base, read_requests)
     assert len(results) >= 50 and "refused" in results
 
 

@@ -29,19 +29,14 @@ def model_dir(tmp_path_factory) -> Path:
     """A 1-layer llama (hidden 32) MultimodalLM with a tiny ViT image encoder and a tiny audio encoder."""
     import torch
 
-    from mmadapt.config import ModelConfig, from_dict
-    from mmadapt.model import MultimodalLM
-    from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
-    from mmadapt.quickstart.tokenizer import train_word_tokenizer
+    from tests.tiny import build_model, model_spec, word_tokenizer
 
     root = tmp_path_factory.mktemp("serve-model")
-    train_word_tokenizer(WORDS, root / "tokenizer", extra_tokens=["<image>", "<audio>"])
-    spec = {"llm": {"config": tiny_llm_config("llama", hidden=32, layers=1, heads=2, max_positions=256),
-                    "tokenizer": str(root / "tokenizer")},
-            "encoders": {"image": tiny_vit_encoder(image_size=16, patch_size=8, width=32, depth=1), "audio": AUDIO},
-            "connectors": {"image": {"name": "mlp"}, "audio": {"name": "mlp"}}}
+    tokenizer = word_tokenizer(root / "tokenizer", WORDS, ("<image>", "<audio>"))
+    spec = model_spec(tokenizer, image=True, heads=2, max_positions=256, image_size=16, connector={"name": "mlp"})
+    spec["encoders"]["audio"], spec["connectors"]["audio"] = AUDIO, {"name": "mlp"}
     torch.manual_seed(0)
-    model = MultimodalLM.from_config(from_dict(ModelConfig, spec))
+    model = build_model(spec)
     model.llm.generation_config.eos_token_id = model.tokenizer.eos_token_id
     no_eos(model.llm)
     return model.save_pretrained(root / "tiny-vlm")

@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tests.tiny import build_model, model_spec, word_tokenizer  # noqa: F401  (build_model: re-exported for the tests)
+
 OBJECTS = ("apple", "banana", "cherry", "grape", "lemon", "lime", "plum", "kiwi")
 COLOURS = ("red", "yellow", "green", "purple", "orange", "blue", "black", "white")
 
@@ -40,36 +42,17 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 def make_tokenizer(directory: Path) -> Path:
     """A word-level tokenizer over the colour task's words (and <image>), saved to `directory`."""
-    from mmadapt.quickstart.tokenizer import train_word_tokenizer
-
-    text = " ".join(OBJECTS + COLOURS) + " what colour is the ? . describe shape"
-    train_word_tokenizer([text], directory, extra_tokens=["<image>"])
-    return directory
+    return word_tokenizer(directory, [" ".join(OBJECTS + COLOURS) + " what colour is the ? . describe shape"])
 
 
 def text_model_spec(tokenizer_dir: Path, hidden: int = 32) -> dict[str, Any]:
     """A ModelConfig mapping for a tiny text-only llama built from its config."""
-    from mmadapt.quickstart.tiny import tiny_llm_config
-
-    return {"llm": {"config": tiny_llm_config("llama", hidden=hidden, layers=2, heads=4, max_positions=128),
-                    "tokenizer": str(tokenizer_dir)}}
+    return model_spec(tokenizer_dir, hidden=hidden, layers=2, max_positions=128)
 
 
 def vision_model_spec(tokenizer_dir: Path, hidden: int = 32) -> dict[str, Any]:
     """A tiny timm ViT (32x32 images, 16 patches) + linear connector + tiny llama."""
-    from mmadapt.quickstart.tiny import tiny_vit_encoder
-
-    spec = text_model_spec(tokenizer_dir, hidden)
-    spec["encoders"] = {"image": tiny_vit_encoder(image_size=32, patch_size=8, width=32, depth=1)}
-    spec["connectors"] = {"image": {"name": "linear"}}
-    return spec
-
-
-def build_model(spec: dict[str, Any]):
-    from mmadapt.config import ModelConfig, from_dict
-    from mmadapt.model import MultimodalLM
-
-    return MultimodalLM.from_config(from_dict(ModelConfig, spec))
+    return model_spec(tokenizer_dir, image=True, hidden=hidden, layers=2, max_positions=128)
 
 
 def write_images(directory: Path, n: int, seed: int = 0) -> list[str]:
