@@ -7,6 +7,7 @@ naming the key path, the valid keys and a close match.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -159,7 +160,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--set` overrides to raw config data (validated afterwards by from_dict)."""
+    """Apply `--set` overrides to a copy of raw config data (validated afterwards by from_dict).
+
+    The caller's dict and everything nested in it stay untouched: a quickstart or test that reuses one
+    base dict for several runs must not see the first run's overrides in the second.
+    """
+    data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
         node: Any = data
@@ -238,7 +244,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load(cls: type[T], source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> T:
     """Load a config dataclass from a YAML file (or a dict), apply `--set` overrides, interpolate, validate."""
-    data = read_yaml(source) if not isinstance(source, dict) else dict(source)
+    data = read_yaml(source) if not isinstance(source, dict) else source
     data = apply_overrides(data, list(overrides or []))
     data = interpolate(data)
     where = f"{source}" if not isinstance(source, dict) else ""
