@@ -500,7 +500,22 @@ def validate_run(config: RunConfig) -> RunConfig:
         for modality, spec in cfg.model.connectors.items():
             registry.validate("connector", spec, f"{prefix}model.connectors.{modality}")
         registry.validate("objective", cfg.objective, f"{prefix}objective")
+        _validate_data_sections(cfg.data, f"{prefix}data")
     return config
+
+
+def _validate_data_sections(data: DataConfig, where: str) -> None:
+    """data.generate and data.retrieval are free-form dicts read by their own loaders: check them here,
+    at load, so a typo under them fails before a model is built instead of mid-run."""
+    if data.generate is not None:
+        from mmadapt.data.loading import generate_spec
+
+        generate_spec(data.generate, f"{where}.generate")
+    if data.retrieval is not None:
+        from mmadapt.rag.augment import PromptConfig, RetrievalDataConfig
+
+        retrieval = from_dict(RetrievalDataConfig, dict(data.retrieval), path=f"{where}.retrieval")
+        from_dict(PromptConfig, dict(retrieval.prompt), path=f"{where}.retrieval.prompt")
 
 
 def load_run(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:

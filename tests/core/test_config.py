@@ -169,3 +169,17 @@ def test_every_shipped_example_config_loads(path):
         assert load_run(path, ["model.init_from=runs/sft"]).model.init_from == "runs/sft"
     else:
         assert load_run(path).output_dir
+
+
+def test_typos_under_data_generate_and_retrieval_fail_at_load():
+    with pytest.raises(ConfigError, match=r"data\.generate\.n_trian.*did you mean 'n_train'"):
+        load_run({**BASE, "data": {"train": "t.jsonl", "generate": {"name": "shapes", "out": "d", "n_trian": 3}}})
+    with pytest.raises(ConfigError, match=r"data\.retrieval\.kk.*did you mean 'k'"):
+        load_run({**BASE, "data": {"train": "t.jsonl", "retrieval": {"index": "i", "kk": 3}}})
+    with pytest.raises(ConfigError, match=r"data\.retrieval\.prompt\.instrution"):
+        load_run({**BASE, "data": {"train": "t.jsonl", "retrieval": {"prompt": {"instrution": "x"}}}})
+    with pytest.raises(ConfigError, match=r"stages\.b\.data\.retrieval\.mode: 'dence' is not valid.*dense"):
+        load_run({**BASE, "stages": [{"name": "a"}, {"name": "b", "data": {"retrieval": {"mode": "dence"}}}]})
+    cfg = load_run({**BASE, "data": {"train": "t.jsonl", "retrieval": {"index": "i", "k": 2},
+                                     "generate": {"name": "shapes", "out": "d", "n_train": 3}}})
+    assert cfg.data.retrieval["k"] == 2 and cfg.data.generate["n_train"] == 3
