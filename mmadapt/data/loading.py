@@ -52,7 +52,7 @@ def generate_data(data_cfg: DataConfig) -> None:
     generator, out, spec = generate_spec(data_cfg.generate or {})
     if (Path(out) / "train.jsonl").is_file():
         return
-    logger.info("generating dataset %r into %s", name, out)
+    logger.info("generating dataset %r into %s", data_cfg.generate["name"], out)
     with atomic_directory(out) as tmp:
         generator(tmp, **spec)
 
