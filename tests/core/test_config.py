@@ -183,3 +183,14 @@ def test_typos_under_data_generate_and_retrieval_fail_at_load():
     cfg = load_run({**BASE, "data": {"train": "t.jsonl", "retrieval": {"index": "i", "k": 2},
                                      "generate": {"name": "shapes", "out": "d", "n_train": 3}}})
     assert cfg.data.retrieval["k"] == 2 and cfg.data.generate["n_train"] == 3
+
+
+def test_merge_parameters_are_declared_once():
+    from mmadapt.merge import mergekit_compat, params
+
+    assert mergekit_compat.PARAMETERS == {"weight": "weight", "density": "density", "lambda": "scaling",
+                                          "normalize": "normalize", "rescale": "rescale", "t": "t"}
+    assert params.ParamResolver.DEFAULTS == {"weight": 1.0, "density": 1.0, "scaling": 1.0, "t": 0.5}
+    assert set(params.BOOL_PARAMS) == {"normalize", "rescale"} and params.RANGES["density"] == (0.0, 1.0)
+    with pytest.raises(ConfigError, match="density"):
+        params.check_value("density", 1.5, "models[0].parameters.density")
