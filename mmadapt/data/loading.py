@@ -28,24 +28,31 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def generate_data(data_cfg: DataConfig) -> None:
-    """Write a generated dataset (`data.generate: {name, out, **kwargs}`) once; later runs reuse it."""
-    from mmadapt.io import atomic_directory
-
-    spec = dict(data_cfg.generate or {})
+def generate_spec(generate: dict[str, Any], where: str = "data.generate") -> tuple[Any, str, dict[str, Any]]:
+    """(generator, out, keyword arguments) of a `data.generate` section, every key checked against the
+    generator's signature (run at config load, so a typo fails before any model is built)."""
+    spec = dict(generate)
     name, out = spec.pop("name", None), spec.pop("out", None)
     if not name or not out:
-        raise ConfigError("data.generate needs 'name' (a generator) and 'out' (a directory)")
-    generator = registry.resolve("dataset_generator", name, where="data.generate.name")
+        raise ConfigError(f"{where} needs 'name' (a generator) and 'out' (a directory)")
+    generator = registry.resolve("dataset_generator", name, where=f"{where}.name")
     params = inspect.signature(generator).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # a typo would be a TypeError mid-run
         valid = [n for n in list(params)[1:] if params[n].kind in (params[n].POSITIONAL_OR_KEYWORD, params[n].KEYWORD_ONLY)]
         for key in spec:
             if key not in valid:
-                raise unknown_key_error(str(key), valid, "data.generate")
+                raise unknown_key_error(str(key), valid, where)
+    return generator, str(out), spec
+
+
+def generate_data(data_cfg: DataConfig) -> None:
+    """Write a generated dataset (`data.generate: {name, out, **kwargs}`) once; later runs reuse it."""
+    from mmadapt.io import atomic_directory
+
+    generator, out, spec = generate_spec(data_cfg.generate or {})
     if (Path(out) / "train.jsonl").is_file():
         return
-    logger.info("generating dataset %r into %s", name, out)
+    logger.info("generating dataset %r into %s", data_cfg.generate["name"], out)
     with atomic_directory(out) as tmp:
         generator(tmp, **spec)
 

@@ -29,10 +29,10 @@ from typing import Any
 
 from mmadapt.config import read_yaml
 from mmadapt.errors import ConfigError
+from mmadapt.merge.params import MERGEKIT_NAMES
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp")
-PARAMETERS = {"weight": "weight", "density": "density", "lambda": "scaling", "normalize": "normalize",
-              "rescale": "rescale", "t": "t"}
+PARAMETERS = MERGEKIT_NAMES  # derived from the one declaration in mmadapt.merge.params
 IGNORED_PARAMETERS = ("int8_mask",)  # mergekit's mask storage type: changes memory, never the result
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}

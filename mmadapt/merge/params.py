@@ -18,14 +18,37 @@ from __future__ import annotations
 
 import re
 import zlib
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from mmadapt.errors import ConfigError
 
 _LAYER = re.compile(r"^(.*?)\.(\d+)\.")  # "model.layers.3.mlp.up_proj.weight" -> ("model.layers", "3")
 
-BOOL_PARAMS = ("normalize", "rescale")
-RANGES = {"density": (0.0, 1.0), "t": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One merge parameter, declared once: the check, default and mergekit name below are derived from it."""
+
+    default: float | None = None  # None: no numeric default (a boolean the method decides)
+    boolean: bool = False
+    bounds: tuple[float, float] | None = None
+    mergekit: str | None = None  # mergekit's name for it where it differs
+
+
+PARAMS: dict[str, Param] = {
+    "weight": Param(1.0),
+    "density": Param(1.0, bounds=(0.0, 1.0)),
+    "scaling": Param(1.0, mergekit="lambda"),
+    "normalize": Param(boolean=True),
+    "rescale": Param(boolean=True),
+    "t": Param(0.5, bounds=(0.0, 1.0)),
+}
+BOOL_PARAMS = tuple(name for name, p in PARAMS.items() if p.boolean)
+RANGES = {name: p.bounds for name, p in PARAMS.items() if p.bounds is not None}
+DEFAULTS = {name: p.default for name, p in PARAMS.items() if p.default is not None}
+MERGEKIT_NAMES = {p.mergekit or name: name for name, p in PARAMS.items()}  # mergekit key -> ours
 
 
 def _is_number(value: Any) -> bool:
@@ -119,7 +142,7 @@ def resolve(value: Any, name: str, stacks: dict[str, int], default: Any = None) 
 class ParamResolver:
     """Turns the config's per-model and global parameter values into `MergeParams` for each tensor name."""
 
-    DEFAULTS = {"weight": 1.0, "density": 1.0, "scaling": 1.0, "t": 0.5}
+    DEFAULTS = DEFAULTS
 
     def __init__(self, model_params: list[dict[str, Any]], global_params: dict[str, Any], names: Iterable[str],
                  seed: int = 0) -> None:

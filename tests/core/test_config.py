@@ -108,3 +108,89 @@ def test_threads_are_validated_and_scoped_to_the_run():
     with torch_threads(None):
         assert torch.get_num_threads() == before
     assert torch.get_num_threads() == before
+
+
+def test_overrides_never_mutate_the_callers_dicts():
+    import copy
+
+    from mmadapt.config import apply_overrides
+
+    merge = {"method": "ties", "models": [{"model": "a"}]}
+    merge_before = copy.deepcopy(merge)
+    out = apply_overrides(merge, ["models.0.model=b", "parameters.density=0.5"])
+    assert merge == merge_before and out["models"][0]["model"] == "b" and out["parameters"]["density"] == 0.5
+    raw = {**BASE, "training": {"lr": 1e-3}}
+    before = copy.deepcopy(raw)
+    cfg = load_run(raw, ["training.lr=2e-4", "output_dir=runs/y"])
+    assert raw == before and cfg.training.lr == 2e-4 and cfg.output_dir == "runs/y"
+    assert load_run(raw).training.lr == 1e-3  # a second run from the same dict sees none of the first's overrides
+
+
+def test_saved_run_config_round_trips(tmp_path):
+    from mmadapt.config import dump, to_dict
+
+    cfg = load_run({**BASE, "training": {"lr": 3e-4, "batch_size": 2},
+                    "stages": [{"name": "a", "training": {"lr": 1e-4}}]})
+    dump(cfg, tmp_path / "config.yaml")
+    again = load_run(tmp_path / "config.yaml")
+    assert to_dict(again) == to_dict(cfg)
+
+
+def _example_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = [*sorted((root / "examples").glob("*.yaml")), *sorted((root / "examples" / "pipeline").glob("*.yaml")),
+             *sorted((root / "mmadapt" / "quickstart" / "configs").glob("*.yaml"))]
+    assert len(files) >= 16, files  # the glob must find the shipped examples, or this test checks nothing
+    return files
+
+
+@pytest.mark.parametrize("path", _example_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_example_config_loads(path):
+    from mmadapt import registry
+    from mmadapt.config import read_yaml
+    from mmadapt.eval.config import SuiteConfig
+    from mmadapt.merge.merge import MergeConfig
+    from mmadapt.merge.mergekit_compat import translate
+    from mmadapt.rag.store import RagConfig
+
+    keys = set(read_yaml(path))
+    if "method" in keys and "models" in keys:
+        assert load(MergeConfig, translate(path)).models
+    elif "tasks" in keys:
+        assert load(SuiteConfig, path).tasks
+    elif "embedder" in keys or "index" in keys:
+        load(RagConfig, path)
+    elif path.name.startswith("edit_"):
+        method = registry.resolve("edit_method", path.stem.removeprefix("edit_"), where=str(path))
+        from_dict(method.hparams_class, read_yaml(path))
+    elif path.parent.name == "configs" and "model" not in keys:  # the dpo quickstart starts from the vlm one's model
+        assert load_run(path, ["model.init_from=runs/sft"]).model.init_from == "runs/sft"
+    else:
+        assert load_run(path).output_dir
+
+
+def test_typos_under_data_generate_and_retrieval_fail_at_load():
+    with pytest.raises(ConfigError, match=r"data\.generate\.n_trian.*did you mean 'n_train'"):
+        load_run({**BASE, "data": {"train": "t.jsonl", "generate": {"name": "shapes", "out": "d", "n_trian": 3}}})
+    with pytest.raises(ConfigError, match=r"data\.retrieval\.kk.*did you mean 'k'"):
+        load_run({**BASE, "data": {"train": "t.jsonl", "retrieval": {"index": "i", "kk": 3}}})
+    with pytest.raises(ConfigError, match=r"data\.retrieval\.prompt\.instrution"):
+        load_run({**BASE, "data": {"train": "t.jsonl", "retrieval": {"prompt": {"instrution": "x"}}}})
+    with pytest.raises(ConfigError, match=r"stages\.b\.data\.retrieval\.mode: 'dence' is not valid.*dense"):
+        load_run({**BASE, "stages": [{"name": "a"}, {"name": "b", "data": {"retrieval": {"mode": "dence"}}}]})
+    cfg = load_run({**BASE, "data": {"train": "t.jsonl", "retrieval": {"index": "i", "k": 2},
+                                     "generate": {"name": "shapes", "out": "d", "n_train": 3}}})
+    assert cfg.data.retrieval["k"] == 2 and cfg.data.generate["n_train"] == 3
+
+
+def test_merge_parameters_are_declared_once():
+    from mmadapt.merge import mergekit_compat, params
+
+    assert mergekit_compat.PARAMETERS == {"weight": "weight", "density": "density", "lambda": "scaling",
+                                          "normalize": "normalize", "rescale": "rescale", "t": "t"}
+    assert params.ParamResolver.DEFAULTS == {"weight": 1.0, "density": 1.0, "scaling": 1.0, "t": 0.5}
+    assert set(params.BOOL_PARAMS) == {"normalize", "rescale"} and params.RANGES["density"] == (0.0, 1.0)
+    with pytest.raises(ConfigError, match="density"):
+        params.check_value("density", 1.5, "models[0].parameters.density")
