@@ -63,7 +63,8 @@ def _run(config: RunConfig, out: Path, title: str) -> dict[str, float]:
     from mmadapt.data.records import read_records
     from mmadapt.generate import exact_match
     from mmadapt.model import MultimodalLM
-    from mmadapt.train.run import print_table, train
+    from mmadapt.cli.train import print_table
+    from mmadapt.train.run import train
 
     generate_data(config.data)
     eval_records = read_records(config.data.eval)

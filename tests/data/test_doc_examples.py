@@ -8,7 +8,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_rag_build_example_is_the_one_the_help_names():
-    from mmadapt.rag.cli import add_cli
+    from mmadapt.cli.rag import add_cli
     from mmadapt.rag.store import RagConfig
 
     import argparse
