@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmadapt import registry
 from mmadapt.quickstart import MEDIA_TASKS, TASKS
 
 
 def run_cli(args: argparse.Namespace) -> int:
     import os
 
-    from mmadapt import registry
     from mmadapt.errors import ConfigError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the quickstart never downloads
@@ -27,5 +27,5 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train and evaluate a tiny model on generated data, offline")
     p.add_argument("task", nargs="?", default="vlm", choices=TASKS)
     p.add_argument("--out", help="output directory (default runs/quickstart-TASK)")
-    p.add_argument("--connector", help="connector for the vlm, audio or video task: linear, mlp, qformer, resampler")
+    p.add_argument("--connector", help=f"connector for the {', '.join(MEDIA_TASKS)} task (a registered name: {', '.join(registry.names('connector'))})")
     p.set_defaults(func=run_cli)

@@ -3,5 +3,7 @@
 from __future__ import annotations
 
 
-TASKS = ("vlm", "audio", "video", "dpo", "rag", "edit", "merge", "hf-vlm")
+from mmadapt import registry
+
+TASKS = tuple(registry.names("quickstart"))  # the registry's "quickstart" table is the one list
 MEDIA_TASKS = ("vlm", "audio", "video")  # the ones with a connector to choose
