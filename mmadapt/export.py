@@ -1,4 +1,4 @@
-"""`export(model_dir, out)`: a standalone copy of an mmadapt checkpoint, LoRA adapters merged (the library behind `mmadapt export`)."""
+"""`export(model_dir, out)`: a standalone mmadapt checkpoint, LoRA adapters merged (behind `mmadapt export`)."""
 
 from __future__ import annotations
 

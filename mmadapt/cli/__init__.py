@@ -1,4 +1,4 @@
-"""The `mmadapt` command: a thin dispatcher over mmadapt/cli/<command>.py (each parses, calls one library function, prints).
+"""The `mmadapt` command: a thin dispatcher over mmadapt/cli/<command>.py (parse, call one library function, print).
 
 Exit codes: 0 success; 2 bad input or config (the message names the place); 1 anything else.
 """
@@ -17,7 +17,8 @@ from mmadapt.errors import MMAdaptError
 # (parser.set_defaults(func=...)); imported lazily, only for the command chosen.
 COMMANDS: dict[str, str] = {
     name: f"mmadapt.cli.{name}:add_cli"
-    for name in ("train", "generate", "chat", "quickstart", "lineage", "export", "merge", "rag", "edit", "serve", "ui", "eval")
+    for name in ("train", "generate", "chat", "quickstart", "lineage", "export", "merge", "rag", "edit", "serve", "ui",
+                 "eval")
 }
 
 

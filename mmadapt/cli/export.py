@@ -1,4 +1,4 @@
-"""`mmadapt export --model DIR --out DIR [--merge-adapters | --format hf]`: parse, call `mmadapt.export` or `mmadapt.hf.export`, print."""
+"""`mmadapt export --model DIR --out DIR [--merge-adapters | --format hf]`: call `mmadapt.export` or `mmadapt.hf.export`."""
 
 from __future__ import annotations
 

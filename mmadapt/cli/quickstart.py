@@ -27,5 +27,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train and evaluate a tiny model on generated data, offline")
     p.add_argument("task", nargs="?", default="vlm", choices=TASKS)
     p.add_argument("--out", help="output directory (default runs/quickstart-TASK)")
-    p.add_argument("--connector", help=f"connector for the {', '.join(MEDIA_TASKS)} task (a registered name: {', '.join(registry.names('connector'))})")
+    p.add_argument("--connector", help=f"connector for the {', '.join(MEDIA_TASKS)} task "
+                   f"(a registered name: {', '.join(registry.names('connector'))})")
     p.set_defaults(func=run_cli)

@@ -38,7 +38,6 @@ def packaged_config(name: str) -> dict[str, Any]:
 
 def run_packaged(task: str, modality: str, out: Path, connector: str | None = None) -> dict[str, float]:
     """Run the packaged config `task`, with the `modality` connector swapped for `connector` when one is given."""
-
     raw, overrides = packaged_config(task), []
     if connector is not None:
         from mmadapt import registry

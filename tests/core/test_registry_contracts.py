@@ -120,7 +120,8 @@ def test_readme_example_part_meets_the_contract(tmp_path, monkeypatch):
     section = readme[readme.index("## How to add a part"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "readme_part.py").write_text(code)
-    (tmp_path / "readme_broken.py").write_text(code.replace(".mean(0)", ".mean(0) * 2").replace('MergeMethod("mean"', 'MergeMethod("broken"'))
+    broken = code.replace(".mean(0)", ".mean(0) * 2").replace('MergeMethod("mean"', 'MergeMethod("broken"')
+    (tmp_path / "readme_broken.py").write_text(broken)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(registry.REGISTRY, "merge_method", {**registry.REGISTRY["merge_method"],
                                                             "mean": "readme_part:mean", "broken": "readme_broken:mean"})
