@@ -2,31 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
-TASKS = ("vlm", "audio", "video", "dpo", "rag", "edit", "merge", "hf-vlm")
+from mmadapt import registry
+
+TASKS = tuple(registry.names("quickstart"))  # the registry's "quickstart" table is the one list
 MEDIA_TASKS = ("vlm", "audio", "video")  # the ones with a connector to choose
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    import os
-
-    from mmadapt import registry
-    from mmadapt.errors import ConfigError
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the quickstart never downloads
-    if args.connector and args.task not in MEDIA_TASKS:
-        raise ConfigError(f"--connector applies to the {', '.join(MEDIA_TASKS)} quickstarts, not {args.task!r}")
-    out = Path(args.out or f"runs/quickstart-{args.task}")
-    registry.resolve("quickstart", args.task, where="TASK")(out, connector=args.connector)
-    print(f"\nmetrics: {out / 'metrics.json'}")
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="train and evaluate a tiny model on generated data, offline")
-    p.add_argument("task", nargs="?", default="vlm", choices=TASKS)
-    p.add_argument("--out", help="output directory (default runs/quickstart-TASK)")
-    p.add_argument("--connector", help="connector for the vlm, audio or video task: linear, mlp, qformer, resampler")
-    p.set_defaults(func=run_cli)

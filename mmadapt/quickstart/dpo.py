@@ -90,7 +90,8 @@ def run(out: Path, connector: str | None = None) -> dict[str, float]:
     from mmadapt.model import MultimodalLM
     from mmadapt.quickstart import vlm
     from mmadapt.quickstart.media_qa import packaged_config
-    from mmadapt.train.run import print_table, train
+    from mmadapt.cli.train import print_table
+    from mmadapt.train.run import train
 
     if connector is not None:
         raise ConfigError("--connector: the dpo quickstart reuses the vlm quickstart's model; run `mmadapt quickstart "

@@ -141,7 +141,8 @@ def run_hf_vlm(out: Path, n_train: int = 3000, n_eval: int = 300, overrides: lis
     from mmadapt.generate import exact_match
     from mmadapt.hf.export import export_hf
     from mmadapt.hf.model import HFVisionLM
-    from mmadapt.train.run import print_table, torch_threads, train
+    from mmadapt.cli.train import print_table
+    from mmadapt.train.run import torch_threads, train
 
     data, base = out / "data", out / "base-llava"
     config = load_run(recipe(out, data, base), overrides)

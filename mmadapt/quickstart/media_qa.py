@@ -15,7 +15,7 @@ from mmadapt.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-# Connector choices for --connector, sized for the tiny tasks (16 patch tokens per image or frame in), with
+# --connector takes any registered connector (with its defaults); these entries size some for the tiny tasks (16 patch tokens per image or frame in), with
 # the run overrides each needs. The query-based connectors start with wider random weights (init_std): at
 # BERT's 0.02 their queries attend almost uniformly, averaging away where things are, and "where is the
 # shape?" stayed near chance (0.85 overall for the Q-Former, 0.55 for the resampler); they also need a gentler
@@ -38,13 +38,12 @@ def packaged_config(name: str) -> dict[str, Any]:
 
 def run_packaged(task: str, modality: str, out: Path, connector: str | None = None) -> dict[str, float]:
     """Run the packaged config `task`, with the `modality` connector swapped for `connector` when one is given."""
-    from mmadapt.errors import ConfigError
-
     raw, overrides = packaged_config(task), []
     if connector is not None:
-        if connector not in CONNECTORS:
-            raise ConfigError(f"--connector {connector!r}; valid: {', '.join(CONNECTORS)}")
-        raw["model"]["connectors"][modality], overrides = CONNECTORS[connector]
+        from mmadapt import registry
+
+        registry.resolve("connector", connector, where="--connector")  # any registered name; an unknown one lists them
+        raw["model"]["connectors"][modality], overrides = CONNECTORS.get(connector, ({"name": connector}, []))
     return run_media_qa(raw, Path(out), overrides, title=f"quickstart {task} (connector: {connector or 'mlp'})")
 
 
@@ -63,7 +62,8 @@ def _run(config: RunConfig, out: Path, title: str) -> dict[str, float]:
     from mmadapt.data.records import read_records
     from mmadapt.generate import exact_match
     from mmadapt.model import MultimodalLM
-    from mmadapt.train.run import print_table, train
+    from mmadapt.cli.train import print_table
+    from mmadapt.train.run import train
 
     generate_data(config.data)
     eval_records = read_records(config.data.eval)

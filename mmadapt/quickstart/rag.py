@@ -168,7 +168,8 @@ def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int 
     from mmadapt.rag.ingest import ingest
     from mmadapt.rag.retrieve import RetrieveConfig, Retriever, evaluate
     from mmadapt.rag.store import RagIndex
-    from mmadapt.train.run import print_table, train
+    from mmadapt.cli.train import print_table
+    from mmadapt.train.run import train
 
     if connector is not None:
         raise ConfigError("the rag quickstart has no connector (it trains a text-only LM)")

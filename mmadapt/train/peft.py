@@ -1,15 +1,14 @@
-"""Adapters through `peft`: LoRA / DoRA / rsLoRA on the LLM (and optionally the encoders), QLoRA on CUDA, export.
+"""Adapters through `peft`: LoRA / DoRA / rsLoRA on the LLM (and optionally the encoders), QLoRA on CUDA.
 
 The LLM becomes a `peft.PeftModel`, saved in peft's own layout (DIR/llm = clean base weights,
 DIR/llm_adapter = adapter_config.json + adapter_model.safetensors), so plain
 `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DIR/llm), DIR/llm_adapter)` loads it.
 Encoders get adapters injected in place (`peft.inject_adapter_in_model`); connectors are untouched
-and keep training fully. `mmadapt export --merge-adapters` folds the adapters into a full model.
+and keep training fully. `mmadapt.export` folds the adapters into a full model (`mmadapt export --merge-adapters`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import gc
@@ -224,51 +223,3 @@ def save_peft_llm(llm: Any, llm_dir: str | Path, adapter_dir: str | Path) -> Non
     base.save_pretrained(str(llm_dir), state_dict=clean, safe_serialization=True)
     # The base (resized embeddings and head included) is saved beside the adapter, so peft need not copy them in.
     llm.save_pretrained(str(adapter_dir), safe_serialization=True, save_embedding_layers=False)
-
-
-def export(model_dir: str | Path, out: str | Path, merge: bool = True, overwrite: bool = False) -> Path:
-    """Write a standalone copy of an mmadapt checkpoint, adapters merged when `merge` (lineage: parent = model_dir).
-    An existing `out` is replaced only if it is an earlier export and `overwrite` is set."""
-    from mmadapt.io import check_output_dir
-    from mmadapt.model import MODEL_CONFIG_FILE, MultimodalLM
-
-    model_dir, out = Path(model_dir), Path(out)
-    if not (model_dir / MODEL_CONFIG_FILE).is_file():
-        raise ConfigError(f"--model {model_dir}: not an mmadapt checkpoint (no {MODEL_CONFIG_FILE})")
-    if out.resolve() == model_dir.resolve():
-        raise ConfigError(f"--out {out}: must differ from --model")
-    check_output_dir(out, "export", overwrite)
-    model = MultimodalLM.from_pretrained(model_dir)
-    had_adapters = has_adapters(model)
-    if merge:
-        merge_adapters(model)
-    model.save_pretrained(out, manifest={
-        "kind": "export", "config": {"merge_adapters": merge, "had_adapters": had_adapters}, "inputs": [model_dir],
-    })
-    logger.info("exported %s -> %s%s", model_dir, out, " (adapters merged)" if merge and had_adapters else "")
-    return out
-
-
-def export_cli(args: argparse.Namespace) -> int:
-    if args.format == "hf":  # transformers' own layout (adapters always folded); LLaVA for composed models
-        from mmadapt.hf.export import export_hf
-
-        out = export_hf(args.model, args.out, overwrite=args.overwrite)
-        print(f"exported {args.model} -> {out} (Hugging Face format)")
-        return 0
-    out = export(args.model, args.out, merge=args.merge_adapters, overwrite=args.overwrite)
-    print(f"exported {args.model} -> {out}" + (" with adapters merged" if args.merge_adapters else ""))
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a standalone model, optionally with LoRA adapters merged in")
-    p.add_argument("--model", required=True, help="an mmadapt checkpoint directory")
-    p.add_argument("--out", required=True, help="output directory (written atomically, with manifest.json)")
-    p.add_argument("--merge-adapters", action="store_true",
-                   help="fold LoRA/DoRA adapters into the weights (a plain HF LLM in OUT/llm)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier export")
-    p.add_argument("--format", choices=("mmadapt", "hf"), default="mmadapt",
-                   help="mmadapt: the mmadapt layout; hf: a directory transformers' AutoModelForImageTextToText and "
-                        "AutoProcessor load (an HF VLM checkpoint in its own format; a composed model as LLaVA)")
-    p.set_defaults(func=export_cli)

@@ -12,7 +12,6 @@ replaced only with --overwrite, and never when it holds files mmadapt did not wr
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -25,7 +24,7 @@ from typing import Any, Iterator
 import torch
 
 from mmadapt import registry
-from mmadapt.config import RunConfig, dump, load_run, stage_configs, to_dict
+from mmadapt.config import RunConfig, dump, stage_configs, to_dict
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.io import atomic_directory, atomic_write_json, check_output_dir, clean_stale, writer_lock
 
@@ -371,47 +370,3 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:  # another filesystem, or links unsupported
         shutil.copy2(src, dst)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    config = load_run(args.config, args.set)
-    try:
-        metrics = train(config, resume=args.resume, overwrite=args.overwrite)
-        end_process_group(wait=True)
-    finally:
-        end_process_group(wait=False)  # after an error: close without waiting for ranks that may be gone
-    print_table(metrics, title=f"mmadapt train: {config.output_dir}")
-    return 0
-
-
-def end_process_group(wait: bool) -> None:
-    """Under `accelerate launch`: (wait for every rank: rank 0 may still be saving, then) close the group.
-    A rank that exits with its gloo/NCCL threads still running can abort ("terminate called without an
-    active exception", seen at exit in the 2-process test)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        if wait:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-def print_table(metrics: dict[str, float], title: str = "") -> None:
-    width = max((len(k) for k in metrics), default=10)
-    if title:
-        print(f"\n{title}")
-    print("-" * (width + 16))
-    for key, value in metrics.items():
-        print(f"{key:<{width}}  {value:>12.4f}" if isinstance(value, float) else f"{key:<{width}}  {value:>12}")
-    print("-" * (width + 16))
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train from a YAML run config")
-    p.add_argument("config", help="run config (YAML)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set training.lr=1e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace output_dir if it holds an earlier training output (never files mmadapt did not write)")
-    p.set_defaults(func=run_cli)

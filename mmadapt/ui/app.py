@@ -4,7 +4,6 @@ Chat uses the serve engine (`mmadapt.serve.engine.ChatEngine`, loaded once per m
 Edit, Evaluate and Lineage run the `mmadapt` CLI in a subprocess (`mmadapt.ui.jobs`)."""
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -193,18 +192,3 @@ def create_app(workdir: str | Path = ".") -> Any:
             engine.close()
 
     return app
-
-
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    uvicorn.run(create_app(args.workdir), host=args.host, port=args.port, log_level="warning")
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ui", help="web app: chat, train, evaluate, merge, edit, lineage")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--workdir", default=".", help="where runs start (relative YAML paths resolve here)")
-    p.set_defaults(func=run)

@@ -8,7 +8,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_rag_build_example_is_the_one_the_help_names():
-    from mmadapt.rag.cli import add_cli
+    from mmadapt.cli.rag import add_cli
     from mmadapt.rag.store import RagConfig
 
     import argparse
@@ -34,3 +34,15 @@ def test_ft_hparams_example_documents_the_defaults():
     from mmadapt.editing.ft import FTHParams
 
     assert from_dict(FTHParams, read_yaml(EXAMPLES / "edit_ft.yaml")) == FTHParams()
+
+
+def test_edit_yaml_example_names_a_method_its_hparams_and_requests():
+    import argparse
+
+    from mmadapt.cli.edit import _edit_config
+    from mmadapt.editing.memit import MemitHParams
+
+    args = argparse.Namespace(config=str(EXAMPLES / "edit.yaml"), method=None, edits=None, hparams=None)
+    _edit_config(args)
+    assert args.method == "memit" and args.edits == str(EXAMPLES / "edits.jsonl") and (EXAMPLES / "edits.jsonl").is_file()
+    assert from_dict(MemitHParams, args.hparams_data).layers == [2, 3]

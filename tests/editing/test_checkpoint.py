@@ -139,3 +139,23 @@ def test_bad_input_exits_2_naming_the_place(facts, tmp_path, capsys):
                  "--out", str(tmp_path / "out"), "--stats-dir", str(tmp_path / "stats")]) == 2
     assert "stats.corpus" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "stats", ignore_errors=True)
+
+
+def test_edit_apply_from_yaml(facts, tmp_path, capsys):
+    """`mmadapt edit apply EDIT.yaml`: method, its hyper-parameters and the requests file (relative to the YAML)."""
+    directory, world = facts.directory, facts.world
+    subjects = list(world)
+    (tmp_path / "cfg").mkdir()
+    write_edits(tmp_path / "cfg" / "facts.jsonl", world, subjects[:1], subjects[5:7])
+    config = tmp_path / "cfg" / "edit.yaml"
+    config.write_text("method: ft\nhparams:\n  norm_constraint: 0.05\nrequests: facts.jsonl\n")
+    out = tmp_path / "edited"
+    assert main(["edit", "apply", str(config), "--model", str(directory / "llm"), "--out", str(out)]) == 0
+    record = json.loads((out / "edit" / "edit.json").read_text())
+    assert record["method"] == "ft" and record["hparams"]["norm_constraint"] == 0.05
+    assert len(record["requests"]) == 1
+
+    config.write_text("method: ft\nhparam: {}\nrequests: facts.jsonl\n")  # a misspelt key is named, exit 2
+    assert main(["edit", "apply", str(config), "--model", str(directory / "llm"), "--out", str(tmp_path / "x")]) == 2
+    assert "hparam" in capsys.readouterr().err
+    assert main(["edit", "apply", "--model", str(directory / "llm"), "--out", str(tmp_path / "y")]) == 2

@@ -10,7 +10,8 @@ import torch
 
 from mmadapt.config import PeftConfig, load_run
 from mmadapt.errors import ConfigError
-from mmadapt.train.peft import adapters_disabled, apply_peft, export, merged_state_dict
+from mmadapt.export import export
+from mmadapt.train.peft import adapters_disabled, apply_peft, merged_state_dict
 from pref_utils import build_model, colour_pairs, make_tokenizer, text_model_spec, vision_model_spec, write_jsonl
 
 

@@ -1,4 +1,4 @@
-"""The `mmadapt` command: a thin dispatcher; each subcommand's parser lives beside the code it runs.
+"""The `mmadapt` command: a thin dispatcher over mmadapt/cli/<command>.py (parse, call one library function, print).
 
 Exit codes: 0 success; 2 bad input or config (the message names the place); 1 anything else.
 """
@@ -13,20 +13,12 @@ import sys
 
 from mmadapt.errors import MMAdaptError
 
-# subcommand -> "module:function" that adds its parser (parser.set_defaults(func=...)), imported lazily.
+# Every subcommand is the module mmadapt/cli/<name>.py, whose add_cli(sub) adds its parser
+# (parser.set_defaults(func=...)); imported lazily, only for the command chosen.
 COMMANDS: dict[str, str] = {
-    "train": "mmadapt.train.run:add_cli",
-    "generate": "mmadapt.generate:add_cli",
-    "chat": "mmadapt.chat:add_cli",
-    "quickstart": "mmadapt.quickstart:add_cli",
-    "lineage": "mmadapt.lineage_cli:add_cli",
-    "export": "mmadapt.train.peft:add_cli",
-    "merge": "mmadapt.merge.merge:add_cli",
-    "rag": "mmadapt.rag.cli:add_cli",
-    "edit": "mmadapt.editing.cli:add_cli",
-    "serve": "mmadapt.serve.cli:add_cli",
-    "ui": "mmadapt.ui.app:add_cli",
-    "eval": "mmadapt.eval.run:add_cli",
+    name: f"mmadapt.cli.{name}:add_cli"
+    for name in ("train", "generate", "chat", "quickstart", "lineage", "export", "merge", "rag", "edit", "serve", "ui",
+                 "eval")
 }
 
 
@@ -98,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:
         print(f"mmadapt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # a name from the user's input (a config key, a record field) that is not there
+        logging.getLogger(__name__).debug("KeyError", exc_info=True)
+        print(f"mmadapt {args.command}: error: {e.args[0]!r} not found (run with -v for where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mmadapt {args.command}: interrupted", file=sys.stderr)

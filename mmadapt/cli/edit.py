@@ -10,10 +10,33 @@ from pathlib import Path
 from mmadapt.errors import ConfigError, DataError
 
 
-def _hparams(args: argparse.Namespace) -> dict:
-    from mmadapt.config import apply_overrides, read_yaml
+EDIT_CONFIG_KEYS = ("method", "hparams", "requests")
 
-    data = read_yaml(args.hparams) if args.hparams else {}
+
+def _edit_config(args: argparse.Namespace) -> None:
+    """Fill args.method / args.edits / args.hparams_data from an edit YAML (`method: memit`, `hparams: {...}`,
+    `requests: edits.jsonl` relative to the YAML); flags given on the command line win."""
+    from mmadapt.config import read_yaml
+
+    data = read_yaml(args.config) if args.config else {}
+    unknown = sorted(set(data) - set(EDIT_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"{args.config}: unknown key(s) {unknown}; valid: {', '.join(EDIT_CONFIG_KEYS)}")
+    hparams = data.get("hparams") or {}
+    if not isinstance(hparams, dict):
+        raise ConfigError(f"{args.config}: hparams: expected a mapping of the method's hyper-parameters, got {hparams!r}")
+    args.method = args.method or data.get("method") or "rome"
+    if not args.edits:
+        if "requests" not in data:
+            raise ConfigError("edit apply: no requests; give --edits FILE or `requests: FILE` in the edit YAML")
+        args.edits = str(Path(args.config).parent / str(data["requests"]))
+    args.hparams_data = {**hparams, **(read_yaml(args.hparams) if args.hparams else {})}
+
+
+def _hparams(args: argparse.Namespace) -> dict:
+    from mmadapt.config import apply_overrides
+
+    data = dict(args.hparams_data)
     data = apply_overrides(data, args.set)
     if args.corpus:
         data.setdefault("stats", {})["corpus"] = args.corpus
@@ -32,6 +55,7 @@ def apply_cli(args: argparse.Namespace) -> int:
 
     from mmadapt.editing.evaluate import WeakEditError
 
+    _edit_config(args)
     requests = read_requests(args.edits)
     try:
         record = edit_checkpoint(args.model, requests, args.method, _hparams(args), args.out, stats_dir=args.stats_dir,
@@ -148,9 +172,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     a = actions.add_parser("apply", help="edit a saved checkpoint into a new directory (with edit manifest and deltas)")
+    a.add_argument("config", nargs="?", help="edit YAML: method (a registered edit method), hparams (its "
+                   "hyper-parameters), requests (a JSONL file, relative to the YAML); flags below override it")
     a.add_argument("--model", required=True, help="a HF model directory or an mmadapt checkpoint")
-    a.add_argument("--edits", required=True, help="edits.jsonl: one request per line (see examples/edits.jsonl)")
-    a.add_argument("--method", default="rome", choices=names("edit_method"))
+    a.add_argument("--edits", help="edits.jsonl: one request per line (see examples/edits.jsonl); default: the YAML's requests")
+    a.add_argument("--method", choices=names("edit_method"), help="default: the YAML's method, else rome")
     a.add_argument("--out", required=True, help="the edited checkpoint (written atomically)")
     a.add_argument("--hparams", help="YAML of the method's hyper-parameters (e.g. layer, v_steps, stats: {...})")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one hyper-parameter")
