@@ -10,27 +10,18 @@ from pathlib import Path
 from mmadapt.errors import ConfigError, DataError
 
 
-EDIT_CONFIG_KEYS = ("method", "hparams", "requests")
-
-
 def _edit_config(args: argparse.Namespace) -> None:
-    """Fill args.method / args.edits / args.hparams_data from an edit YAML (`method: memit`, `hparams: {...}`,
-    `requests: edits.jsonl` relative to the YAML); flags given on the command line win."""
+    """Fill args.method / args.edits / args.hparams_data from an edit YAML; flags given on the command line win."""
     from mmadapt.config import read_yaml
+    from mmadapt.editing.config import EditConfig, read_edit_config
 
-    data = read_yaml(args.config) if args.config else {}
-    unknown = sorted(set(data) - set(EDIT_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"{args.config}: unknown key(s) {unknown}; valid: {', '.join(EDIT_CONFIG_KEYS)}")
-    hparams = data.get("hparams") or {}
-    if not isinstance(hparams, dict):
-        raise ConfigError(f"{args.config}: hparams: expected a mapping of the method's hyper-parameters, got {hparams!r}")
-    args.method = args.method or data.get("method") or "rome"
+    config = read_edit_config(args.config) if args.config else EditConfig()
+    args.method = args.method or config.method
     if not args.edits:
-        if "requests" not in data:
+        if config.requests is None:
             raise ConfigError("edit apply: no requests; give --edits FILE or `requests: FILE` in the edit YAML")
-        args.edits = str(Path(args.config).parent / str(data["requests"]))
-    args.hparams_data = {**hparams, **(read_yaml(args.hparams) if args.hparams else {})}
+        args.edits = str(config.requests)
+    args.hparams_data = {**config.hparams, **(read_yaml(args.hparams) if args.hparams else {})}
 
 
 def _hparams(args: argparse.Namespace) -> dict:

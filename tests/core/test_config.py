@@ -162,6 +162,10 @@ def test_every_shipped_example_config_loads(path):
         assert load(SuiteConfig, path).tasks
     elif "embedder" in keys or "index" in keys:
         load(RagConfig, path)
+    elif "requests" in keys:  # `mmadapt edit apply CONFIG`
+        from mmadapt.editing.config import read_edit_config
+
+        assert read_edit_config(path).requests.is_file()
     elif path.name.startswith("edit_"):
         method = registry.resolve("edit_method", path.stem.removeprefix("edit_"), where=str(path))
         from_dict(method.hparams_class, read_yaml(path))
