@@ -73,6 +73,9 @@ def run_variant(root: Path, args: argparse.Namespace, variant: str) -> dict:
     spec, attn = run_config(root, args, variant)
     config = load_run(spec)
     generate_data(config.data)
+    if variant == "qlora":  # bitsandbytes quantises at load time: QLoRA starts from a saved (random-init) LLM
+        spec["model"]["llm"] = {**spec["model"]["llm"], "name_or_path": str(saved_llm(root, spec)), "config": None}
+        config = load_run(spec)
     torch.manual_seed(0)
     model = MultimodalLM.from_config(config.model)
     if config.peft is not None:
@@ -104,6 +107,20 @@ def run_variant(root: Path, args: argparse.Namespace, variant: str) -> dict:
     return {"variant": variant, "attn": attn, "seconds": clock["seconds"], "tokens": clock["tokens"],
             "llm_params": llm_params, "vision_params": vision_params, "image_tokens": _image_tokens(model),
             "images": images, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+
+
+def saved_llm(root: Path, spec: dict) -> Path:
+    """A random-init LLM of the run's `llm.config` saved with save_pretrained, as a user's base checkpoint would be."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = root / "qlora-base"
+    if not (out / "config.json").is_file():
+        llm = dict(spec["model"]["llm"]["config"])
+        tokenizer = AutoTokenizer.from_pretrained(spec["model"]["llm"]["tokenizer"])
+        config = AutoConfig.for_model(llm.pop("model_type"), **{**llm, "vocab_size": len(tokenizer)})
+        AutoModelForCausalLM.from_config(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return out
 
 
 def _image_tokens(model) -> int:
