@@ -481,26 +481,3 @@ def stage_configs(config: RunConfig) -> list[tuple[str, RunConfig]]:
         merged["output_dir"] = str(Path(config.output_dir) / name)
         result.append((name, from_dict(RunConfig, merged, path=f"stages[{i}]")))
     return result
-
-
-def validate_run(config: RunConfig) -> RunConfig:
-    """Check the registry-backed parts (encoders, connectors, objective) of every stage."""
-    from mmadapt import registry
-
-    for stage_name, cfg in stage_configs(config):
-        prefix = f"stages.{stage_name}." if stage_name else ""
-        for modality, spec in cfg.model.encoders.items():
-            registry.validate("encoder", spec, f"{prefix}model.encoders.{modality}")
-        for modality, spec in cfg.model.connectors.items():
-            registry.validate("connector", spec, f"{prefix}model.connectors.{modality}")
-        registry.validate("objective", cfg.objective, f"{prefix}objective")
-    return config
-
-
-def load_run(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Load, override, interpolate and fully validate a run config."""
-    config = load(RunConfig, source, overrides)
-    try:
-        return validate_run(config)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}" if not isinstance(source, dict) else str(e)) from None

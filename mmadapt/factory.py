@@ -24,7 +24,7 @@ def build_model(config: ModelConfig) -> Any:
         except MMAdaptError as e:
             raise ConfigError(f"model.init_from: {e}") from e
         if config.merge_adapters:
-            from mmadapt.train.peft import merge_adapters
+            from mmadapt.adapters import merge_adapters
 
             merge_adapters(model)
         return model

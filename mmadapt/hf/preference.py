@@ -20,13 +20,12 @@ class ProcessedPreferenceTokenizer(PreferenceTokenizer):
     """PreferenceTokenizer over an HF processor (its chat template, image token and image expansion)."""
 
     def __init__(self, processor: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
-        self.model = None
+        self.spec = None  # the processor renders and expands images itself
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.cfg = data_cfg
         self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
         use_chat_template(processor, data_cfg)
-        self.modalities = ["image"]
         self.stats = DataStats()
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:

@@ -154,7 +154,7 @@ def test_multimodal_records_become_examples_with_their_image(index, tmp_path, im
 
 def test_training_through_data_retrieval_lowers_the_loss(index, tmp_path):
     """End to end: a run config with data.retrieval trains a tiny LM on RA-DIT conversations with the core trainer."""
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.quickstart.tokenizer import train_word_tokenizer
     from mmadapt.train.run import train
 

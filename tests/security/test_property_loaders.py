@@ -68,7 +68,7 @@ def text_model(tmp_path_factory):
 
 
 def test_run_config_loader_property(tmp_path_factory):
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
 
     base = (Path(__file__).resolve().parents[2] / "mmadapt/quickstart/configs/vlm.yaml").read_bytes()
     folder = tmp_path_factory.mktemp("cfg")
@@ -110,14 +110,14 @@ def test_data_loaders_property(tmp_path_factory, text_model, fmt):
     path = folder / "train.jsonl"
     path.write_bytes(base)
     cfg = from_dict(DataConfig, {"train": str(path), "format": fmt, "max_length": 32})
-    assert outcome(lambda: load_data(model, cfg)) == "ok"  # the unmutated file loads
+    assert outcome(lambda: load_data(model.tokenisation_spec(), cfg)) == "ok"  # the unmutated file loads
     results = []
 
     @SETTINGS
     @given(st.lists(mutation, min_size=1, max_size=3))
     def check(ops):
         path.write_bytes(mutate(base, ops))
-        results.append(outcome(lambda: load_data(model, cfg)))
+        results.append(outcome(lambda: load_data(model.tokenisation_spec(), cfg)))
 
     check()
     assert len(results) >= 50 and "refused" in results
@@ -143,7 +143,7 @@ def test_edit_requests_property(tmp_path_factory):
 
 def test_python_tags_in_a_config_construct_nothing(tmp_path):
     """`!!python/...` tags (which the mutations above insert) are refused by the safe loader, as ConfigError."""
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
 
     marker = tmp_path / "pwned"
     path = tmp_path / "run.yaml"

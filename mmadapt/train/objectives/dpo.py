@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from mmadapt.interfaces import Collator
 from mmadapt.train.objectives.logprobs import Completions, pair_logps
 from mmadapt.train.objectives.reference import build_reference
 
@@ -146,12 +147,9 @@ class _ReferencedPairObjective:
         self.config = config
         self.reference: Any = None
 
-    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Any = None) -> None:
-        """Build the reference (a copy, adapters off, or log-probs precomputed over `records` with `collator`)."""
-        if collator is None and records is not None:
-            from mmadapt.data.preference import PreferenceCollator
-
-            collator = PreferenceCollator(model)
+    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Collator | None = None) -> None:
+        """Build the reference (a copy, adapters off, or log-probs precomputed over `records` batched by the run's
+        `collator`)."""
         self.reference = build_reference(self.config.reference, model, _pair_sums, records, collator)
 
     def reference_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

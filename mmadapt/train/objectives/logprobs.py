@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from mmadapt.train.objectives.base import shifted_token_logps
 
 
 @dataclass
@@ -30,18 +30,13 @@ class Completions:
         return self.logps / self.tokens.clamp(min=1)
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> Completions:
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> Completions:
     """Sum of log p(label) over the supervised positions of each row.
 
     logits [N, L, V], labels [N, L] aligned with the inputs (HF convention: position t predicts t+1).
     """
-    logits = logits[:, :-1].float()  # [N, L-1, V]: position t scores token t+1
-    labels = labels[:, 1:]  # [N, L-1]
-    mask = labels != ignore_index
-    safe = labels.masked_fill(~mask, 0)
-    # log_softmax gathered at the label, without materialising a second [N, L-1, V] tensor
-    token_logps = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [N, L-1]
-    return Completions((token_logps * mask).sum(-1), mask.sum(-1))
+    token_logps, mask = shifted_token_logps(logits, labels)  # [N, L-1] each
+    return Completions(token_logps.sum(-1), mask.sum(-1))
 
 
 def _placeholder_mask(model: Any, input_ids: torch.Tensor, modalities: list[str]) -> torch.Tensor:
