@@ -111,3 +111,22 @@ def test_graph_sees_function_local_and_relative_imports() -> None:
     graph = import_graph()
     assert "mmadapt.errors" in graph["mmadapt.data.conversations"]
     assert all(not node.startswith("mmadapt.") or node in graph for deps in graph.values() for node in deps)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph[todo.pop()] - seen:
+            seen.add(w)
+            todo.append(w)
+    return seen
+
+
+def test_layers_point_one_way() -> None:
+    """Data knows a tokenisation spec, never the model; the model never imports training; configs import nothing
+    of the rest (ARCHITECTURE.md, data path)."""
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith("mmadapt.data")):
+        assert not {"mmadapt.model", "mmadapt.factory"} & reachable(graph, module), module
+    assert not {m for m in reachable(graph, "mmadapt.model") if m.startswith("mmadapt.train")}
+    assert reachable(graph, "mmadapt.config") <= {"mmadapt.errors", "mmadapt.io"}

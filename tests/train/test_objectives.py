@@ -227,8 +227,9 @@ def test_precomputed_reference_names_missing_samples(task):
     model = build_model(text_model_spec(task["tok"]))
     examples, batch = pair_batch(model, task)
     dpo = registry.build("objective", {"name": "dpo", "reference": "precomputed"})
-    dpo.prepare(model, examples[:4])
-    dpo.loss(model, PreferenceCollator(model.tokenisation_spec())(examples[:4]))
+    collator = PreferenceCollator(model.tokenisation_spec())
+    dpo.prepare(model, examples[:4], collator)
+    dpo.loss(model, collator(examples[:4]))
     with pytest.raises(ConfigError, match="precomputed has no reference log-probs"):
         dpo.loss(model, batch)
 

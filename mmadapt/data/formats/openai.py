@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from mmadapt.data.formats.base import MEDIA_KEYS, Context, RecordFormat, completion_of, media_fields
-from mmadapt.model import PLACEHOLDERS
+from mmadapt.data.tokenisation import PLACEHOLDERS
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 _PART_MODALITY = {"image_url": "image", "image": "image", "input_audio": "audio", "audio": "audio",

@@ -161,7 +161,7 @@ def build_reference(
     if strategy == "adapters_off":
         return AdaptersOffReference()
     if records is None or collator is None:
-        raise ConfigError("objective.reference: precomputed needs prepare(model, examples) before training")
+        raise ConfigError("objective.reference: precomputed needs prepare(model, examples, collator) before training")
     reference = PrecomputedReference()
     batches = (collator(records[i : i + batch_size]) for i in range(0, len(records), batch_size))
     reference.compute(model, batches, fn, total=(len(records) + batch_size - 1) // batch_size)
