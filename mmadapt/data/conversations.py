@@ -127,19 +127,49 @@ def record_media(spec: TokenisationSpec, record: dict[str, Any], messages: list[
     return ids, labels, media
 
 
-class ExampleBuilder:
+class RecordBuilder:
+    """What every builder of examples holds (the tokenizer, the data config, the media root, the drop counts) and does
+    (build every record, truncate to max_length, drop what has nothing left to learn)."""
+
+    def __init__(self, tokenizer: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
+        self.tokenizer = tokenizer
+        self.cfg = data_cfg
+        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
+        self.stats = DataStats()
+
+    def build_with(self, records: list[tuple[str, dict[str, Any]]], one: Callable[[str, dict[str, Any]], Any]
+                   ) -> list[Any]:
+        """`one(where, record)` over every record (see `build_examples`)."""
+        return build_examples(records, one, self.cfg.skip_bad_samples, self.stats)
+
+    def truncate(self, example: Example, cuts_media: Callable[[int], bool]) -> Example | None:
+        """`example` cut to max_length, or None (counted) when the cut would split a media item
+        (`cuts_media(limit)`) or leave no supervised token."""
+        limit = self.cfg.max_length
+        if len(example.input_ids) > limit:
+            if cuts_media(limit):
+                self.stats.counts["dropped_truncated_media"] += 1
+                logger.warning("%s: dropped, max_length=%d would cut a media item", example.where, limit)
+                return None
+            example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
+            self.stats.counts["truncated"] += 1
+        if all(label == IGNORE_INDEX for label in example.labels[1:]):
+            self.stats.counts["dropped_no_target"] += 1
+            logger.warning("%s: dropped, no supervised tokens left after truncation", example.where)
+            return None
+        return example
+
+
+class ExampleBuilder(RecordBuilder):
     """Turns raw records into `Example`s for one tokenisation spec (tokenizer, modalities, token counts)."""
 
     def __init__(self, spec: TokenisationSpec, data_cfg: DataConfig, data_file: str | Path) -> None:
+        super().__init__(spec.tokenizer, data_cfg, data_file)
         self.spec = spec
-        self.tokenizer = spec.tokenizer
-        self.cfg = data_cfg
-        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
         ensure_chat_template(self.tokenizer, data_cfg.chat_template)
-        self.stats = DataStats()
 
     def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
-        return build_examples(records, self.build_one, self.cfg.skip_bad_samples, self.stats)
+        return self.build_with(records, self.build_one)
 
     def build_one(self, where: str, record: dict[str, Any]) -> Example | None:
         if self.cfg.format == "text":
@@ -158,17 +188,5 @@ class ExampleBuilder:
         return self._truncate(Example(where, input_ids, labels, media))
 
     def _truncate(self, example: Example) -> Example | None:
-        limit = self.cfg.max_length
-        if len(example.input_ids) > limit:
-            media_ids = {self.spec.placeholder_id(m) for m in example.media}
-            if any(t in media_ids for t in example.input_ids[limit:]):
-                self.stats.counts["dropped_truncated_media"] += 1
-                logger.warning("%s: dropped, max_length=%d would cut a media item", example.where, limit)
-                return None
-            example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
-            self.stats.counts["truncated"] += 1
-        if all(label == IGNORE_INDEX for label in example.labels[1:]):
-            self.stats.counts["dropped_no_target"] += 1
-            logger.warning("%s: dropped, no supervised tokens left after truncation", example.where)
-            return None
-        return example
+        media_ids = {self.spec.placeholder_id(m) for m in example.media}
+        return self.truncate(example, lambda limit: any(t in media_ids for t in example.input_ids[limit:]))

@@ -20,7 +20,7 @@ import torch
 
 from mmadapt.config import DataConfig
 from mmadapt.data.collator import FeatureCaches, collate_media, pad
-from mmadapt.data.conversations import DataStats, build_examples, record_media
+from mmadapt.data.conversations import RecordBuilder, record_media
 from mmadapt.data.formats import read_dataset
 from mmadapt.data.templates import ensure_chat_template, parse_turn, render
 from mmadapt.data.tokenisation import IGNORE_INDEX, PLACEHOLDERS, TokenisationSpec
@@ -78,16 +78,13 @@ def completion_text(value: Any, where: str, key: str) -> str:
     return value
 
 
-class PreferenceTokenizer:
+class PreferenceTokenizer(RecordBuilder):
     """Tokenises prompts (with media placeholders expanded) and completions for one tokenisation spec and data config."""
 
     def __init__(self, spec: TokenisationSpec, data_cfg: DataConfig, data_file: str | Path) -> None:
+        super().__init__(spec.tokenizer, data_cfg, data_file)
         self.spec = spec
-        self.tokenizer = spec.tokenizer
-        self.cfg = data_cfg
-        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
         ensure_chat_template(self.tokenizer, data_cfg.chat_template)
-        self.stats = DataStats()
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -129,8 +126,6 @@ class PreferenceTokenizer:
             return None
         return room
 
-    def build(self, records: list[tuple[str, dict[str, Any]]], one: Any) -> list[Any]:
-        return build_examples(records, one, self.cfg.skip_bad_samples, self.stats)
 
 
 def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> PreferenceExample | None:
@@ -158,7 +153,7 @@ def read_preference_records(
 ) -> tuple[list[PreferenceExample], dict[str, float]]:
     """Tokenised preference pairs from data files / registered datasets (any layout of mmadapt.data.formats, several
     mixed by data.weights) and the data statistics (drops, truncations)."""
-    examples = tok.build(read_dataset(path, tok.cfg, "preference"), lambda where, record: _pair(tok, where, record))
+    examples = tok.build_with(read_dataset(path, tok.cfg, "preference"), lambda where, record: _pair(tok, where, record))
     return examples, tok.stats.as_metrics(stats_prefix)
 
 
@@ -191,7 +186,7 @@ def read_kto_records(
     path: str | list[str], tok: PreferenceTokenizer, stats_prefix: str
 ) -> tuple[list[KTOExample], dict[str, float]]:
     """Tokenised KTO samples; each gets the completion of the next sample with another prompt as its fixed KL row."""
-    examples = tok.build(read_dataset(path, tok.cfg, "kto"), lambda where, record: _kto(tok, where, record))
+    examples = tok.build_with(read_dataset(path, tok.cfg, "kto"), lambda where, record: _kto(tok, where, record))
     if len(examples) == 1:
         logger.warning("%s: one KTO sample, so its KL row is its own completion", path)
     one_prompt = len({tuple(e.prompt_ids) for e in examples}) == 1
