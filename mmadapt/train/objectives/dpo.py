@@ -137,14 +137,29 @@ def _pair_sums(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.T
     return chosen.logps, rejected.logps
 
 
-class _ReferencedPairObjective:
-    """Shared plumbing of the pairwise objectives that compare against a reference model."""
+class PairObjective:
+    """What every objective on preference pairs shares: its data format and its config."""
 
     data_formats = ("preference",)
-    config: Any
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+
+def add_chosen_nll(loss: torch.Tensor, metrics: dict[str, float], chosen: Completions, weight: float) -> torch.Tensor:
+    """`loss + weight * NLL(chosen)` (RPO's SFT term; nothing when weight is 0), logging the NLL as `nll_chosen`."""
+    if weight <= 0:
+        return loss
+    nll = chosen_nll(chosen)
+    metrics["nll_chosen"] = nll.item()
+    return loss + weight * nll
+
+
+class _ReferencedPairObjective(PairObjective):
+    """Shared plumbing of the pairwise objectives that compare against a reference model."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
         self.reference: Any = None
 
     def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Collator | None = None) -> None:
@@ -152,11 +167,14 @@ class _ReferencedPairObjective:
         `collator`)."""
         self.reference = build_reference(self.config.reference, model, _pair_sums, records, collator)
 
-    def reference_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def policy_and_reference(self, model: torch.nn.Module, batch: dict[str, Any]
+                             ) -> tuple[Completions, Completions, torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) under the policy, then their summed log-probs under the reference."""
+        chosen, rejected = pair_logps(model, batch)
         if self.reference is None:  # not prepared: the model right now (before the first update) is the reference
             self.prepare(model)
         ref_chosen, ref_rejected = self.reference(model, batch, _pair_sums)
-        return ref_chosen, ref_rejected
+        return chosen, rejected, ref_chosen, ref_rejected
 
 
 class DPOObjective(_ReferencedPairObjective):
@@ -167,19 +185,13 @@ class DPOObjective(_ReferencedPairObjective):
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected = pair_logps(model, batch)
-        ref_chosen, ref_rejected = self.reference_logps(model, batch)
+        chosen, rejected, ref_chosen, ref_rejected = self.policy_and_reference(model, batch)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta, self.config.label_smoothing,
             self.config.loss_type,
         )
-        loss = losses.mean()
         metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
-        if self.config.sft_weight > 0:
-            nll = chosen_nll(chosen)
-            loss = loss + self.config.sft_weight * nll
-            metrics["nll_chosen"] = nll.item()
-        return loss, metrics
+        return add_chosen_nll(losses.mean(), metrics, chosen, self.config.sft_weight), metrics
 
 
 class IPOObjective(_ReferencedPairObjective):
@@ -190,8 +202,7 @@ class IPOObjective(_ReferencedPairObjective):
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected = pair_logps(model, batch)
-        ref_chosen, ref_rejected = self.reference_logps(model, batch)
+        chosen, rejected, ref_chosen, ref_rejected = self.policy_and_reference(model, batch)
         # the same token counts normalise policy and reference; the logged rewards stay summed (as TRL's)
         tokens = (chosen.tokens, rejected.tokens) if self.config.length_normalize else (None, None)
         losses, chosen_rewards, rejected_rewards = ipo_loss(
