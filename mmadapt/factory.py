@@ -7,8 +7,12 @@ from typing import Any
 
 import yaml
 
-from mmadapt.config import ModelConfig
-from mmadapt.errors import ConfigError
+from mmadapt.adapters import merge_adapters
+from mmadapt.config import ModelConfig, VLMConfig
+from mmadapt.errors import ConfigError, MMAdaptError
+from mmadapt.hf.families import FAMILIES
+from mmadapt.hf.model import HFVisionLM
+from mmadapt.model import MultimodalLM
 
 MODEL_CONFIG_FILE = "mmadapt_model.yaml"
 
@@ -17,22 +21,15 @@ def build_model(config: ModelConfig) -> Any:
     """A fresh model for a run: `model.vlm` -> HFVisionLM, `model.llm` -> MultimodalLM, `model.init_from` alone -> the
     finished run's model as it was saved (adapters trainable, or merged with `model.merge_adapters`)."""
     if config.llm is None and config.vlm is None:
-        from mmadapt.errors import MMAdaptError
-
         try:
             model = load_model(config.init_from, is_trainable=True)
         except MMAdaptError as e:
             raise ConfigError(f"model.init_from: {e}") from e
         if config.merge_adapters:
-            from mmadapt.adapters import merge_adapters
-
             merge_adapters(model)
         return model
     if config.vlm is not None:
-        from mmadapt.hf.model import HFVisionLM
-
         return HFVisionLM.from_config(config)
-    from mmadapt.model import MultimodalLM
 
     return MultimodalLM.from_config(config)
 
@@ -54,14 +51,10 @@ def checkpoint_kind(directory: str | Path) -> str:
 def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_code: bool = False) -> Any:
     """Load any checkpoint mmadapt wrote (a composed model, or an HF VLM in its own format), or a plain
     Hugging Face vision-language directory of a supported family (an export, or a checkpoint users have)."""
-    from mmadapt.config import VLMConfig
-    from mmadapt.hf.model import HFVisionLM
-
     if not (Path(directory) / MODEL_CONFIG_FILE).is_file() and is_hf_vlm_dir(Path(directory)):
         return HFVisionLM.from_config(ModelConfig(vlm=VLMConfig(name_or_path=str(directory))), is_trainable=is_trainable)
     if checkpoint_kind(directory) == "vlm":
         return HFVisionLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
-    from mmadapt.model import MultimodalLM
 
     # trust_remote_code: the caller's (a CLI flag), never the checkpoint's own yaml
     return MultimodalLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
@@ -69,8 +62,6 @@ def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_c
 
 def is_hf_vlm_dir(directory: Path) -> bool:
     import json
-
-    from mmadapt.hf.families import FAMILIES
 
     try:
         return json.loads((directory / "config.json").read_text()).get("model_type") in FAMILIES

@@ -18,11 +18,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mmadapt import registry
+from mmadapt.adapters import merged_state_dict, save_peft_llm
 from mmadapt.config import LLMConfig, ModelConfig, from_dict, to_dict
 from mmadapt.data.tokenisation import PLACEHOLDERS, EncodedMedia, TokenisationSpec, with_placeholders
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.interfaces import CheckedEncoder, ReloadableEncoder
+from mmadapt.io import atomic_write_text, contained_path
+from mmadapt.lineage import check_complete, save_model_dir
 from mmadapt.llm import load_llm, load_tokenizer, read_weights
+from mmadapt.merge.lazy import check_index
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +161,6 @@ class MultimodalLM(nn.Module):
     def multimodal_state_dict(self) -> dict[str, torch.Tensor]:
         """Encoder and connector weights; LoRA injected into an encoder is folded in under the original names,
         so the checkpoint loads into a fresh encoder."""
-        from mmadapt.adapters import merged_state_dict
-
         state = {f"encoders.{k}": v for k, v in merged_state_dict(self.encoders).items()}
         state.update({f"connectors.{k}": v for k, v in self.connectors.state_dict().items()})
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -178,17 +180,11 @@ class MultimodalLM(nn.Module):
 
     def save_pretrained(self, directory: str | Path, atomic: bool = True, manifest: dict[str, Any] | None = None) -> Path:
         """Write the whole model (safetensors only) and its manifest. `manifest`: kwargs for lineage.write_manifest."""
-        from mmadapt.lineage import save_model_dir
-
         directory = Path(directory)
         return save_model_dir(directory, lambda folder: self._write(folder, directory), atomic, manifest)
 
     def _write(self, directory: Path, final: Path) -> None:
-        from mmadapt.io import atomic_write_text
-
         if is_peft_model(self.llm):
-            from mmadapt.adapters import save_peft_llm
-
             save_peft_llm(self.llm, directory / LLM_DIR, directory / ADAPTER_DIR)
         else:
             self.llm.save_pretrained(directory / LLM_DIR, safe_serialization=True)
@@ -204,8 +200,6 @@ class MultimodalLM(nn.Module):
         """Load a saved model. The directory is data, never code: every `trust_remote_code` its yaml holds is
         replaced by the caller's `trust_remote_code` (the person running the command: a CLI flag or their own
         run config), and the directory must be complete (manifest.json matching its weight files)."""
-        from mmadapt.lineage import check_complete
-
         directory = Path(directory)
         path = directory / MODEL_CONFIG_FILE
         if not path.is_file():
@@ -294,8 +288,6 @@ def is_peft_model(module: nn.Module) -> bool:
 
 def resolve_checkpoint_refs(data: Any, directory: Path, where: str = "") -> Any:
     """`@checkpoint/REL` values -> paths under `directory`; a REL that leaves the directory is refused."""
-    from mmadapt.io import contained_path
-
     if isinstance(data, dict):
         return {k: resolve_checkpoint_refs(v, directory, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
     if isinstance(data, list):
@@ -341,8 +333,6 @@ def untrusted_yaml(path: Path, trust_remote_code: bool = False) -> dict[str, Any
 def check_weight_paths(directory: Path) -> None:
     """Shard names in every `*.safetensors.index.json` of the model's folders stay inside their folder
     (the HF loader joins them to the folder, so an absolute or `../` name would be read from anywhere)."""
-    from mmadapt.merge.lazy import check_index
-
     for folder in (directory / LLM_DIR, directory / ADAPTER_DIR):
         if folder.is_dir():
             check_index(folder)

@@ -19,6 +19,7 @@ from mmadapt.data.tokenisation import TokenisationSpec
 from mmadapt.errors import ConfigError
 from mmadapt.hf.preference import ProcessedPreferenceTokenizer
 from mmadapt.hf.processing import ProcessedExampleBuilder
+from mmadapt.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ def _load(target: str) -> Any:
 
 def generate_data(data_cfg: DataConfig) -> None:
     """Write a generated dataset (`data.generate: {name, out, **kwargs}`) once; later runs reuse it."""
-    from mmadapt.io import atomic_directory
-
     spec = dict(data_cfg.generate or {})
     name, out = spec.pop("name", None), spec.pop("out", None)
     if not name or not out:

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.errors import DataError
+from mmadapt.io import read_utf8
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """[(where, record)] from a JSON list file or a JSON-lines file; a malformed line names file and line."""
-    from mmadapt.io import read_utf8
-
     path = Path(path)
     text = read_utf8(path, "a data file", DataError)
     if path.suffix == ".json" or text.lstrip().startswith("["):

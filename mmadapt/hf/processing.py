@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mmadapt.config import DataConfig
+from mmadapt.data.chat_templates import NAMED_TEMPLATES, resolve_chat_template
 from mmadapt.data.conversations import Example, RecordBuilder, media_list, resolve_media
 from mmadapt.data.templates import assistant_spans, to_messages
 from mmadapt.data.tokenisation import IGNORE_INDEX
@@ -130,8 +131,6 @@ def align_labels(plain_ids: list[int], labels: list[int], expanded: list[int], i
 def use_chat_template(processor: Any, data_cfg: DataConfig) -> None:
     """The processor's own chat template, or `data.chat_template` (a tokenizer/processor directory, a .jinja file or
     Jinja source). The named text-only templates do not place image parts, so a name is refused for a model.vlm."""
-    from mmadapt.data.chat_templates import NAMED_TEMPLATES, resolve_chat_template
-
     value = data_cfg.chat_template
     if value is not None:
         if value in NAMED_TEMPLATES:
