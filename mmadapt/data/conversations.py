@@ -160,13 +160,18 @@ class RecordBuilder:
         return example
 
 
-class ExampleBuilder(RecordBuilder):
-    """Turns raw records into `Example`s for one tokenisation spec (tokenizer, modalities, token counts)."""
+class SpecBuilder(RecordBuilder):
+    """A RecordBuilder over a TokenisationSpec, whose tokenizer gets its chat template (data.chat_template, else its
+    own, else ChatML)."""
 
     def __init__(self, spec: TokenisationSpec, data_cfg: DataConfig, data_file: str | Path) -> None:
         super().__init__(spec.tokenizer, data_cfg, data_file)
         self.spec = spec
         ensure_chat_template(self.tokenizer, data_cfg.chat_template)
+
+
+class ExampleBuilder(SpecBuilder):
+    """Turns raw records into `Example`s for one tokenisation spec (tokenizer, modalities, token counts)."""
 
     def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
         return self.build_with(records, self.build_one)

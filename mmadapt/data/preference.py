@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from mmadapt.config import DataConfig
 from mmadapt.data.collator import FeatureCaches, collate_media, pad
-from mmadapt.data.conversations import RecordBuilder, record_media
+from mmadapt.data.conversations import SpecBuilder, record_media
 from mmadapt.data.formats import read_dataset
-from mmadapt.data.templates import ensure_chat_template, parse_turn, render
+from mmadapt.data.templates import parse_turn, render
 from mmadapt.data.tokenisation import IGNORE_INDEX, PLACEHOLDERS, TokenisationSpec
 from mmadapt.errors import DataError
 
@@ -78,13 +77,8 @@ def completion_text(value: Any, where: str, key: str) -> str:
     return value
 
 
-class PreferenceTokenizer(RecordBuilder):
+class PreferenceTokenizer(SpecBuilder):
     """Tokenises prompts (with media placeholders expanded) and completions for one tokenisation spec and data config."""
-
-    def __init__(self, spec: TokenisationSpec, data_cfg: DataConfig, data_file: str | Path) -> None:
-        super().__init__(spec.tokenizer, data_cfg, data_file)
-        self.spec = spec
-        ensure_chat_template(self.tokenizer, data_cfg.chat_template)
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
