@@ -16,6 +16,7 @@ tokens: TRL's `rewards/chosen` and `rewards/rejected` (tests/train/test_trl_equa
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -155,8 +156,10 @@ def add_chosen_nll(loss: torch.Tensor, metrics: dict[str, float], chosen: Comple
     return loss + weight * nll
 
 
-class _ReferencedPairObjective(PairObjective):
-    """Shared plumbing of the pairwise objectives that compare against a reference model."""
+class _ReferencedPairObjective(PairObjective, abc.ABC):
+    """Pairwise objectives that compare against a reference model: `pair_losses` is each one's math."""
+
+    sft_weight = 0.0  # weight of the chosen completion's NLL added to the loss (RPO)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -176,22 +179,33 @@ class _ReferencedPairObjective(PairObjective):
         ref_chosen, ref_rejected = self.reference(model, batch, _pair_sums)
         return chosen, rejected, ref_chosen, ref_rejected
 
+    @abc.abstractmethod
+    def pair_losses(self, chosen: Completions, rejected: Completions, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-pair losses [B], chosen rewards [B], rejected rewards [B]) from policy and reference log-probs."""
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected, ref_chosen, ref_rejected = self.policy_and_reference(model, batch)
+        losses, chosen_rewards, rejected_rewards = self.pair_losses(chosen, rejected, ref_chosen, ref_rejected)
+        metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
+        return add_chosen_nll(losses.mean(), metrics, chosen, self.sft_weight), metrics
+
 
 class DPOObjective(_ReferencedPairObjective):
     """DPO: sigmoid loss (label_smoothing > 0: conservative DPO), robust (rDPO) or hinge, chosen by `loss_type`."""
 
     config_class = DPOConfig
 
-    def loss(
-        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, ref_chosen, ref_rejected = self.policy_and_reference(model, batch)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta, self.config.label_smoothing,
-            self.config.loss_type,
-        )
-        metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
-        return add_chosen_nll(losses.mean(), metrics, chosen, self.config.sft_weight), metrics
+    @property
+    def sft_weight(self) -> float:
+        return self.config.sft_weight
+
+    def pair_losses(self, chosen: Completions, rejected: Completions, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return dpo_loss(chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta,
+                        self.config.label_smoothing, self.config.loss_type)
 
 
 class IPOObjective(_ReferencedPairObjective):
@@ -199,13 +213,8 @@ class IPOObjective(_ReferencedPairObjective):
 
     config_class = IPOConfig
 
-    def loss(
-        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, ref_chosen, ref_rejected = self.policy_and_reference(model, batch)
+    def pair_losses(self, chosen: Completions, rejected: Completions, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # the same token counts normalise policy and reference; the logged rewards stay summed (as TRL's)
         tokens = (chosen.tokens, rejected.tokens) if self.config.length_normalize else (None, None)
-        losses, chosen_rewards, rejected_rewards = ipo_loss(
-            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.tau, *tokens
-        )
-        return losses.mean(), preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
+        return ipo_loss(chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.tau, *tokens)
