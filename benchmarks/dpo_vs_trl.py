@@ -48,7 +48,7 @@ def build(root: Path, args: argparse.Namespace) -> None:
 
 
 def run_ours(root: Path, args: argparse.Namespace) -> dict:
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.train.run import train
 
     config = load_run({

@@ -60,16 +60,18 @@ def child(args: argparse.Namespace, root: Path, variant: str) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from mmadapt.config import load_run
     from mmadapt.data import feature_cache
+    from mmadapt.run_config import load_run
     from mmadapt.train.run import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     timing: dict = {"epochs": [], "fill": 0.0}
     warm = feature_cache.FeatureCache.warm
+    caches: list = []  # every cache the run warms (the collator reads them; the model holds none)
 
     def timed_warm(self, *a, **kw):  # the one-off encode-to-disk pass that `train` runs before the first epoch
+        caches.append(self)
         start = time.perf_counter()
         try:
             return warm(self, *a, **kw)
@@ -86,9 +88,8 @@ def child(args: argparse.Namespace, root: Path, variant: str) -> dict:
             timing["epochs"].append(time.perf_counter() - timing["t0"])
 
         def on_train_end(self, a, state, control, model=None, **kw):
-            caches = getattr(model, "feature_caches", {})
-            timing["encoded"] = sum(c.misses for c in caches.values())
-            timing["read"] = sum(c.hits for c in caches.values())
+            timing["encoded"] = sum(c.misses for c in caches)
+            timing["read"] = sum(c.hits for c in caches)
 
     start = time.perf_counter()
     train(load_run(run_config(args, root, variant)), callbacks=[EpochClock()])

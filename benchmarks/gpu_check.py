@@ -62,7 +62,7 @@ def run_variant(root: Path, args: argparse.Namespace, variant: str) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.data.loading import generate_data, load_data
     from mmadapt.model import MultimodalLM
     from mmadapt.train.freezing import apply_freezing
@@ -81,7 +81,7 @@ def run_variant(root: Path, args: argparse.Namespace, variant: str) -> dict:
     if config.peft is not None:
         apply_peft(model, config.peft)
     apply_freezing(model, config.training.train_modules)
-    train_data, _, collator, _ = load_data(model, config.data)
+    train_data, _, collator, _ = load_data(model.tokenisation_spec(), config.data)
     clock: dict = {}
 
     class Clock(TrainerCallback):

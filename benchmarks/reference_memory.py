@@ -54,7 +54,8 @@ def child(strategy: str, root: Path, args: argparse.Namespace) -> dict:
 
     from mmadapt import registry
     from mmadapt.config import DataConfig, ModelConfig, PeftConfig, from_dict
-    from mmadapt.data.preference import PreferenceCollator, read_preference_records
+    from mmadapt.data.loading import load_preference
+    from mmadapt.data.preference import PreferenceCollator
     from mmadapt.model import MultimodalLM
     from mmadapt.train.freezing import apply_freezing
     from mmadapt.train.peft import apply_peft
@@ -71,8 +72,8 @@ def child(strategy: str, root: Path, args: argparse.Namespace) -> dict:
     apply_freezing(model, ["llm"])
     model.to(device)
     data_cfg = DataConfig(format="preference", max_length=512)
-    examples, _ = read_preference_records(str(root / "pairs.jsonl"), model, data_cfg, "d")
-    collator = PreferenceCollator(model)
+    examples, _ = load_preference(str(root / "pairs.jsonl"), model.tokenisation_spec(), data_cfg, "d")
+    collator = PreferenceCollator(model.tokenisation_spec())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     if device == "cuda":
         torch.cuda.synchronize()

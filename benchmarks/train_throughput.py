@@ -22,7 +22,7 @@ from pathlib import Path
 def build(args: argparse.Namespace, workdir: Path):
     import torch
 
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.data.loading import generate_data, load_data
     from mmadapt.model import MultimodalLM
     from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
@@ -45,7 +45,7 @@ def build(args: argparse.Namespace, workdir: Path):
     torch.manual_seed(0)
     model = MultimodalLM.from_config(config.model)
     apply_freezing(model, config.training.train_modules)
-    train_data, _, collator, _ = load_data(model, config.data)
+    train_data, _, collator, _ = load_data(model.tokenisation_spec(), config.data)
     return config, model, train_data, collator
 
 

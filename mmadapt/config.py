@@ -265,7 +265,7 @@ def dump(obj: Any, path: str | Path) -> None:
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "load", "dump", "apply_overrides", "interpolate", "dataclass", "field",
            "DataConfig", "LLMConfig", "ModelConfig", "PeftConfig", "RunConfig", "TrainingConfig", "VLMConfig",
-           "load_run", "stage_configs", "validate_run", "deep_merge", "read_yaml", "unknown_key_error"]
+           "DistributedConfig", "stage_configs", "deep_merge", "read_yaml", "unknown_key_error"]
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -308,41 +308,3 @@ def stage_configs(config: RunConfig) -> list[tuple[str, RunConfig]]:
         merged["output_dir"] = str(Path(config.output_dir) / name)
         result.append((name, from_dict(RunConfig, merged, path=f"stages[{i}]")))
     return result
-
-
-def validate_run(config: RunConfig) -> RunConfig:
-    """Check the registry-backed parts (encoders, connectors, objective) of every stage."""
-    from mmadapt import registry
-
-    for stage_name, cfg in stage_configs(config):
-        prefix = f"stages.{stage_name}." if stage_name else ""
-        for modality, spec in cfg.model.encoders.items():
-            registry.validate("encoder", spec, f"{prefix}model.encoders.{modality}")
-        for modality, spec in cfg.model.connectors.items():
-            registry.validate("connector", spec, f"{prefix}model.connectors.{modality}")
-        registry.validate("objective", cfg.objective, f"{prefix}objective")
-        _validate_data_sections(cfg.data, f"{prefix}data")
-    return config
-
-
-def _validate_data_sections(data: DataConfig, where: str) -> None:
-    """data.generate and data.retrieval are free-form dicts read by their own loaders: check them here,
-    at load, so a typo under them fails before a model is built instead of mid-run."""
-    if data.generate is not None:
-        from mmadapt.data.loading import generate_spec
-
-        generate_spec(data.generate, f"{where}.generate")
-    if data.retrieval is not None:
-        from mmadapt.rag.augment import PromptConfig, RetrievalDataConfig
-
-        retrieval = from_dict(RetrievalDataConfig, dict(data.retrieval), path=f"{where}.retrieval")
-        from_dict(PromptConfig, dict(retrieval.prompt), path=f"{where}.retrieval.prompt")
-
-
-def load_run(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Load, override, interpolate and fully validate a run config."""
-    config = load(RunConfig, source, overrides)
-    try:
-        return validate_run(config)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}" if not isinstance(source, dict) else str(e)) from None

@@ -15,7 +15,7 @@ def export(model_dir: str | Path, out: str | Path, merge: bool = True, overwrite
     An existing `out` is replaced only if it is an earlier export and `overwrite` is set."""
     from mmadapt.io import check_output_dir
     from mmadapt.model import MODEL_CONFIG_FILE, MultimodalLM
-    from mmadapt.train.peft import has_adapters, merge_adapters
+    from mmadapt.adapters import has_adapters, merge_adapters
 
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / MODEL_CONFIG_FILE).is_file():

@@ -7,8 +7,12 @@ from typing import Any
 
 import yaml
 
-from mmadapt.config import ModelConfig
-from mmadapt.errors import ConfigError, NotAModelError
+from mmadapt.adapters import merge_adapters
+from mmadapt.config import ModelConfig, VLMConfig
+from mmadapt.errors import ConfigError, MMAdaptError, NotAModelError
+from mmadapt.hf.families import FAMILIES
+from mmadapt.hf.model import HFVisionLM
+from mmadapt.model import MultimodalLM
 from mmadapt.peft_names import ADAPTER_CONFIG
 
 MODEL_CONFIG_FILE = "mmadapt_model.yaml"
@@ -18,22 +22,15 @@ def build_model(config: ModelConfig) -> Any:
     """A fresh model for a run: `model.vlm` -> HFVisionLM, `model.llm` -> MultimodalLM, `model.init_from` alone -> the
     finished run's model as it was saved (adapters trainable, or merged with `model.merge_adapters`)."""
     if config.llm is None and config.vlm is None:
-        from mmadapt.errors import MMAdaptError
-
         try:
             model = load_model(config.init_from, is_trainable=True)
         except MMAdaptError as e:
             raise ConfigError(f"model.init_from: {e}") from e
         if config.merge_adapters:
-            from mmadapt.train.peft import merge_adapters
-
             merge_adapters(model)
         return model
     if config.vlm is not None:
-        from mmadapt.hf.model import HFVisionLM
-
         return HFVisionLM.from_config(config)
-    from mmadapt.model import MultimodalLM
 
     return MultimodalLM.from_config(config)
 
@@ -73,9 +70,6 @@ def _saved_vlm(path: Path) -> bool:
 def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_code: bool = False) -> Any:
     """Load any checkpoint mmadapt wrote (a composed model, or an HF VLM in its own format), or a plain
     Hugging Face vision-language directory of a supported family (an export, or a checkpoint users have)."""
-    from mmadapt.config import VLMConfig
-    from mmadapt.hf.model import HFVisionLM
-
     kind = checkpoint_format(directory)
     if kind == "hf-vlm":
         return HFVisionLM.from_config(ModelConfig(vlm=VLMConfig(name_or_path=str(directory))), is_trainable=is_trainable)
@@ -84,7 +78,6 @@ def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_c
                              f"{kind} directory)")
     if kind == "mmadapt-vlm":
         return HFVisionLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
-    from mmadapt.model import MultimodalLM
 
     # trust_remote_code: the caller's (a CLI flag), never the checkpoint's own yaml
     return MultimodalLM.from_pretrained(directory, is_trainable=is_trainable, trust_remote_code=trust_remote_code)
@@ -93,8 +86,6 @@ def load_model(directory: str | Path, is_trainable: bool = False, trust_remote_c
 def is_hf_vlm_dir(directory: str | Path) -> bool:
     """Whether `directory` holds a Hugging Face model of a supported vision-language family (its config.json says)."""
     import json
-
-    from mmadapt.hf.families import FAMILIES
 
     try:
         config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -29,6 +30,22 @@ class Encoder(Protocol):
 
 
 @runtime_checkable
+class CheckedEncoder(Encoder, Protocol):
+    """An encoder that can check one media file cheaply (header only) when records are read, raising DataError,
+    so a corrupt file fails before training instead of mid-epoch."""
+
+    def check(self, path: Path) -> None: ...
+
+
+@runtime_checkable
+class ReloadableEncoder(Encoder, Protocol):
+    """An encoder whose config spec must change to rebuild it from a saved checkpoint alone: `reload_spec` returns
+    that spec, writing any files it needs under `checkpoint_dir` (referenced as "@checkpoint/<relative path>")."""
+
+    def reload_spec(self, spec: dict[str, Any], checkpoint_dir: Path, modality: str) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class Connector(Protocol):
     """Maps encoder features into the LLM's embedding space (an `nn.Module`).
 
@@ -41,6 +58,9 @@ class Connector(Protocol):
     def forward(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
+Collator = Callable[[list[Any]], dict[str, Any]]  # examples -> one batch of tensors
+
+
 @runtime_checkable
 class Objective(Protocol):
     """A training loss: `loss(model, batch) -> (scalar loss, {metric: float})`.
@@ -48,8 +68,31 @@ class Objective(Protocol):
     The math lives in pure functions on tensors; the objective only gathers the tensors.
     `num_items_in_batch` (when given) is the number of supervised items across the whole
     gradient-accumulation window and all processes, so the loss can be normalised exactly.
+    `data_formats`: the `data.format` values it trains on; the format decides the examples and their collator
+    (`mmadapt.data.loading.FORMATS`), so the objective never builds data itself.
     """
+
+    data_formats: tuple[str, ...]
 
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@runtime_checkable
+class PreparedObjective(Objective, Protocol):
+    """An objective that sets itself up once before training (a reference model, or reference log-probs precomputed
+    over `records`, batched by the run's own `collator`)."""
+
+    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Collator | None = None) -> None: ...
+
+
+@runtime_checkable
+class EditMethod(Protocol):
+    """A knowledge-editing method (registry kind "edit_method"; ROME, MEMIT, FT-L): a function
+    `(model, tok, requests, hparams, cache, model_id) -> EditResult` that edits `model` in place and returns the
+    deltas `{param_name: Tensor}` it added (so they can be saved, applied again and reverted exactly).
+    `hparams=None` uses the method's defaults; `cache` is the covariance-statistics cache (unused by FT-L)."""
+
+    def __call__(self, model: torch.nn.Module, tok: Any, requests: list[Any], hparams: Any = None,
+                 cache: Any = None, model_id: str | None = None) -> Any: ...

@@ -14,114 +14,28 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mmadapt import registry
+from mmadapt.adapters import merged_state_dict, save_peft_llm
 from mmadapt.config import LLMConfig, ModelConfig, from_dict, to_dict
+from mmadapt.data.tokenisation import PLACEHOLDERS, EncodedMedia, TokenisationSpec, with_placeholders
 from mmadapt.errors import ConfigError, DataError, NotAModelError
+from mmadapt.interfaces import CheckedEncoder, ReloadableEncoder
+from mmadapt.io import atomic_write_text, contained_path
+from mmadapt.lineage import check_complete, save_model_dir
+from mmadapt.llm import load_llm, load_tokenizer, read_weights
+from mmadapt.merge.lazy import check_index
 from mmadapt.peft_names import wrap_base_layer
 
 logger = logging.getLogger(__name__)
 
-PLACEHOLDERS = {"image": "<image>", "audio": "<audio>", "video": "<video>"}
 MODEL_CONFIG_FILE = "mmadapt_model.yaml"
 MULTIMODAL_WEIGHTS = "multimodal.safetensors"
 LLM_DIR = "llm"
 ADAPTER_DIR = "llm_adapter"
 CHECKPOINT_REF = "@checkpoint/"  # encoder spec values under the checkpoint dir (rewritten by reload_spec)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def load_tokenizer(llm: LLMConfig):
-    from transformers import AutoTokenizer
-
-    source = llm.tokenizer or llm.name_or_path
-    if llm.tokenizer is None and not any(Path(source).glob("tokenizer*")):  # an adapter without its own tokenizer
-        source = peft_adapter_base(source, "model.llm.name_or_path") or source
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=llm.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from {source!r}: {e}") from e
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors; a corrupt or truncated file is a DataError naming it, not a Rust panic."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise DataError(f"{path}: not a readable safetensors file ({e}); restore it or re-create the checkpoint") from None
-
-
-def load_llm(llm: LLMConfig, vocab_size: int) -> nn.Module:
-    """The causal LM from a hub id / directory, or random weights from an AutoConfig spec."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {"trust_remote_code": llm.trust_remote_code}
-    if llm.attn_implementation:
-        kwargs["attn_implementation"] = llm.attn_implementation
-    if llm.config is not None:
-        spec = dict(llm.config)
-        model_type = spec.pop("model_type")
-        spec["vocab_size"] = vocab_size  # the tokenizer decides; tiny recipes leave it open
-        try:
-            hf_config = AutoConfig.for_model(model_type, **spec)
-        except ValueError as e:
-            raise ConfigError(f"model.llm.config: {e}") from e
-        model = AutoModelForCausalLM.from_config(hf_config, **kwargs)
-        return model.to(_DTYPES[llm.dtype]) if llm.dtype != "auto" else model
-    base = peft_adapter_base(llm.name_or_path, "model.llm.name_or_path")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base or llm.name_or_path, dtype=_DTYPES[llm.dtype], **kwargs)
-    except (OSError, SafetensorError) as e:  # missing, or a corrupt / truncated weight file
-        if isinstance(e, SafetensorError):
-            for f in sorted(Path(base or llm.name_or_path).glob("*.safetensors")):
-                read_weights(f)  # names the corrupt file (transformers' message names none)
-        raise ConfigError(f"model.llm.name_or_path: cannot load {base or llm.name_or_path!r}: {e}") from e
-    if base is None:
-        return model
-    # A plain peft adapter directory: its base model wrapped with that adapter, which keeps training (a run with
-    # its own `peft:` section merges it first and trains a new one on top); never a second LoRA stacked inside.
-    from peft import PeftModel
-
-    logger.info("model.llm.name_or_path is a peft adapter on %s: continuing it", base)
-    return PeftModel.from_pretrained(model, llm.name_or_path, is_trainable=True)
-
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def peft_adapter_base(path: str | Path | None, where: str) -> str | None:
-    """The base model of a peft adapter directory (None when `path` is not one)."""
-    import json
-
-    config = Path(path) / ADAPTER_CONFIG if path else None
-    if config is None or not config.is_file():
-        return None
-    try:
-        base = json.loads(config.read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError) as e:
-        raise ConfigError(f"{where}: {config} is unreadable: {e}") from e
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{where}: {config} names no base_model_name_or_path; load the base model and pass this "
-                          "adapter as the adapter of that model")
-    return base
-
-
-class EncodedMedia:
-    """Items already encoded (a frozen encoder's cached features [n, N, D]): the model applies only the connector."""
-
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
 
 class MultimodalLM(nn.Module):
     """Encoders + connectors + causal LM. `media[modality]` holds the batch's items in placeholder order."""
@@ -136,7 +50,6 @@ class MultimodalLM(nn.Module):
         self.model_config = config
         self.placeholders = {m: config.placeholders.get(m, PLACEHOLDERS[m]) for m in encoders}  # modality -> token
         self._placeholder_ids = {m: tokenizer.convert_tokens_to_ids(t) for m, t in self.placeholders.items()}
-        self.feature_caches: dict[str, Any] = {}  # modality -> FeatureCache, set by a run with data.feature_cache
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -178,6 +91,14 @@ class MultimodalLM(nn.Module):
     def num_media_tokens(self, modality: str) -> int:
         """How many LLM positions one item of `modality` occupies (its placeholder's expansion)."""
         return self.connectors[modality].num_tokens(self.encoders[modality].num_features)
+
+    def tokenisation_spec(self) -> TokenisationSpec:
+        """What the data side needs to tokenise and collate for this model (no reference to the model itself)."""
+        return TokenisationSpec(
+            self.tokenizer, {m: self.num_media_tokens(m) for m in self.encoders}, dict(self.placeholders),
+            preprocess={m: encoder.preprocess for m, encoder in self.encoders.items()},
+            check={m: encoder.check for m, encoder in self.encoders.items() if isinstance(encoder, CheckedEncoder)},
+        )
 
     @property
     def device(self) -> torch.device:
@@ -241,8 +162,6 @@ class MultimodalLM(nn.Module):
     def multimodal_state_dict(self) -> dict[str, torch.Tensor]:
         """Encoder and connector weights; LoRA injected into an encoder is folded in under the original names,
         so the checkpoint loads into a fresh encoder."""
-        from mmadapt.train.peft import merged_state_dict
-
         state = {f"encoders.{k}": v for k, v in merged_state_dict(self.encoders).items()}
         state.update({f"connectors.{k}": v for k, v in self.connectors.state_dict().items()})
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -251,8 +170,9 @@ class MultimodalLM(nn.Module):
         """The config that rebuilds this model from `directory` alone (no hub, no original files)."""
         encoders = {}
         for modality, spec in self.model_config.encoders.items():
-            reload_spec = getattr(self.encoders[modality], "reload_spec", None)
-            encoders[modality] = reload_spec(dict(spec), directory, modality) if reload_spec else dict(spec)
+            encoder = self.encoders[modality]
+            encoders[modality] = (encoder.reload_spec(dict(spec), directory, modality)
+                                  if isinstance(encoder, ReloadableEncoder) else dict(spec))
         llm = LLMConfig(name_or_path=CHECKPOINT_REF + LLM_DIR, tokenizer=CHECKPOINT_REF + LLM_DIR,
                         dtype=self.model_config.llm.dtype, trust_remote_code=self.model_config.llm.trust_remote_code,
                         attn_implementation=self.model_config.llm.attn_implementation)
@@ -261,17 +181,11 @@ class MultimodalLM(nn.Module):
 
     def save_pretrained(self, directory: str | Path, atomic: bool = True, manifest: dict[str, Any] | None = None) -> Path:
         """Write the whole model (safetensors only) and its manifest. `manifest`: kwargs for lineage.write_manifest."""
-        from mmadapt.lineage import save_model_dir
-
         directory = Path(directory)
         return save_model_dir(directory, lambda folder: self._write(folder, directory), atomic, manifest)
 
     def _write(self, directory: Path, final: Path) -> None:
-        from mmadapt.io import atomic_write_text
-
         if is_peft_model(self.llm):
-            from mmadapt.train.peft import save_peft_llm
-
             save_peft_llm(self.llm, directory / LLM_DIR, directory / ADAPTER_DIR)
         else:
             self.llm.save_pretrained(directory / LLM_DIR, safe_serialization=True)
@@ -287,8 +201,6 @@ class MultimodalLM(nn.Module):
         """Load a saved model. The directory is data, never code: every `trust_remote_code` its yaml holds is
         replaced by the caller's `trust_remote_code` (the person running the command: a CLI flag or their own
         run config), and the directory must be complete (manifest.json matching its weight files)."""
-        from mmadapt.lineage import check_complete
-
         directory = Path(directory)
         path = directory / MODEL_CONFIG_FILE
         if not path.is_file():
@@ -363,16 +275,7 @@ class MultimodalLM(nn.Module):
 
 def with_model_placeholders(model: Any, messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """Messages whose media markers (<image>, ...) are written as `model`'s own placeholder tokens."""
-    renames = {PLACEHOLDERS[m]: t for m, t in getattr(model, "placeholders", {}).items() if t != PLACEHOLDERS[m]}
-    if not renames:
-        return messages
-    out = []
-    for message in messages:
-        content = message["content"]
-        for marker, token in renames.items():
-            content = content.replace(marker, token)
-        out.append({**message, "content": content})
-    return out
+    return with_placeholders(getattr(model, "placeholders", {}), messages)
 
 
 def is_peft_model(module: nn.Module) -> bool:
@@ -385,8 +288,6 @@ def is_peft_model(module: nn.Module) -> bool:
 
 def resolve_checkpoint_refs(data: Any, directory: Path, where: str = "") -> Any:
     """`@checkpoint/REL` values -> paths under `directory`; a REL that leaves the directory is refused."""
-    from mmadapt.io import contained_path
-
     if isinstance(data, dict):
         return {k: resolve_checkpoint_refs(v, directory, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
     if isinstance(data, list):
@@ -432,8 +333,6 @@ def untrusted_yaml(path: Path, trust_remote_code: bool = False) -> dict[str, Any
 def check_weight_paths(directory: Path) -> None:
     """Shard names in every `*.safetensors.index.json` of the model's folders stay inside their folder
     (the HF loader joins them to the folder, so an absolute or `../` name would be read from anywhere)."""
-    from mmadapt.merge.lazy import check_index
-
     for folder in (directory / LLM_DIR, directory / ADAPTER_DIR):
         if folder.is_dir():
             check_index(folder)

@@ -294,7 +294,7 @@ def _passages_by_key(index: Any, keys: set[str]) -> dict[str, list[Hit]]:
     return by_key
 
 
-def load_retrieval_conversations(path: str, model: Any, data_cfg: Any, stats_prefix: str) -> tuple[list, dict[str, float]]:
+def load_retrieval_conversations(path: str, spec: Any, data_cfg: Any, stats_prefix: str) -> tuple[list, dict[str, float]]:
     """The data loader for `data.retrieval`: QA records -> RA-DIT conversations -> tokenised examples
     (same signature as the core's `load_conversations`)."""
     from mmadapt.data.conversations import ExampleBuilder
@@ -306,11 +306,11 @@ def load_retrieval_conversations(path: str, model: Any, data_cfg: Any, stats_pre
     if config.index is None:  # conversations built already: the prompt layout is recorded with the model
         from mmadapt.data.loading import load_conversations
 
-        return load_conversations(path, model, dataclasses.replace(data_cfg, retrieval=None), stats_prefix)
+        return load_conversations(path, spec, dataclasses.replace(data_cfg, retrieval=None), stats_prefix)
     if not Path(config.index).is_dir():
         raise ConfigError(f"data.retrieval.index: {config.index} is not a directory (build one with `mmadapt rag build`)")
     retriever = Retriever(RagIndex.open(config.index), RetrieveConfig(k=max(config.k, 1), mode=config.mode))  # type: ignore[arg-type]
     records = radit_records(read_records(path), retriever, config)
-    builder = ExampleBuilder(model, dataclasses.replace(data_cfg, format="conversations"), path)
+    builder = ExampleBuilder(spec, dataclasses.replace(data_cfg, format="conversations"), path)
     examples = builder.build(records)
     return examples, builder.stats.as_metrics(stats_prefix)

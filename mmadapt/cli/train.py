@@ -6,7 +6,7 @@ import argparse
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.train.run import train
 
     config = load_run(args.config, args.set)

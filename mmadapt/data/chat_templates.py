@@ -17,11 +17,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mmadapt.data.templates import CHATML_TEMPLATE
 from mmadapt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# mmadapt's default when a tokenizer has no chat template (documented in the README): ChatML.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 CHATML = CHATML_TEMPLATE  # mmadapt's default, the same source
 
 # Qwen2: ChatML with a default system prompt when the conversation has none.

@@ -14,11 +14,10 @@ from typing import Any, Callable
 
 from mmadapt.config import DataConfig
 from mmadapt.data.templates import ensure_chat_template, to_messages, tokenize_conversation
+from mmadapt.data.tokenisation import IGNORE_INDEX, PLACEHOLDERS, TokenisationSpec
 from mmadapt.errors import DataError
-from mmadapt.model import PLACEHOLDERS, with_model_placeholders
 
 logger = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -98,20 +97,84 @@ def expand_placeholders(input_ids: list[int], labels: list[int], token_id: int, 
     return ids_out, labels_out
 
 
-class ExampleBuilder:
-    """Turns raw records into `Example`s for one model (its tokenizer, modalities, token counts)."""
+def record_media(spec: TokenisationSpec, record: dict[str, Any], messages: list[dict[str, str]], root: Path,
+                 where: str, part: str, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], dict[str, list[Path]]]:
+    """A record's media checked against the placeholders in its `messages` (one item per placeholder, files present
+    and decodable), and `ids`/`labels` with every placeholder expanded to its modality's media-token count.
+    `part` names where the placeholders belong in errors ("text", "prompt")."""
+    media: dict[str, list[Path]] = {}
+    for modality, placeholder in PLACEHOLDERS.items():
+        items = media_list(record, modality, where)
+        n_placeholders = sum(m["content"].count(placeholder) for m in messages)
+        if modality not in spec.media_tokens:
+            if items or n_placeholders:
+                raise DataError(f"{where}: has {modality} but the model has no {modality} encoder "
+                                f"(model.encoders has: {', '.join(spec.modalities) or 'none'})")
+            continue
+        if n_placeholders != len(items):
+            raise DataError(f"{where}: {n_placeholders} {placeholder} placeholder(s) in the {part} but "
+                            f"{len(items)} {modality} item(s); put one {placeholder} where each item goes")
+        if not items:
+            continue
+        media[modality] = [resolve_media(item, root, where, modality) for item in items]
+        check = spec.check.get(modality)  # decode errors now, not mid-training
+        for path in media[modality] if check else []:
+            try:
+                check(path)
+            except DataError as e:
+                raise DataError(f"{where}: {e}") from e
+        ids, labels = expand_placeholders(ids, labels, spec.placeholder_id(modality), spec.media_tokens[modality])
+    return ids, labels, media
 
-    def __init__(self, model: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
-        self.model = model
-        self.tokenizer = model.tokenizer
+
+class RecordBuilder:
+    """What every builder of examples holds (the tokenizer, the data config, the media root, the drop counts) and does
+    (build every record, truncate to max_length, drop what has nothing left to learn)."""
+
+    def __init__(self, tokenizer: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
+        self.tokenizer = tokenizer
         self.cfg = data_cfg
         self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
-        ensure_chat_template(self.tokenizer, data_cfg.chat_template)
-        self.modalities = list(model.encoders.keys())
         self.stats = DataStats()
 
+    def build_with(self, records: list[tuple[str, dict[str, Any]]], one: Callable[[str, dict[str, Any]], Any]
+                   ) -> list[Any]:
+        """`one(where, record)` over every record (see `build_examples`)."""
+        return build_examples(records, one, self.cfg.skip_bad_samples, self.stats)
+
+    def truncate(self, example: Example, cuts_media: Callable[[int], bool]) -> Example | None:
+        """`example` cut to max_length, or None (counted) when the cut would split a media item
+        (`cuts_media(limit)`) or leave no supervised token."""
+        limit = self.cfg.max_length
+        if len(example.input_ids) > limit:
+            if cuts_media(limit):
+                self.stats.counts["dropped_truncated_media"] += 1
+                logger.warning("%s: dropped, max_length=%d would cut a media item", example.where, limit)
+                return None
+            example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
+            self.stats.counts["truncated"] += 1
+        if all(label == IGNORE_INDEX for label in example.labels[1:]):
+            self.stats.counts["dropped_no_target"] += 1
+            logger.warning("%s: dropped, no supervised tokens left after truncation", example.where)
+            return None
+        return example
+
+
+class SpecBuilder(RecordBuilder):
+    """A RecordBuilder over a TokenisationSpec, whose tokenizer gets its chat template (data.chat_template, else its
+    own, else ChatML)."""
+
+    def __init__(self, spec: TokenisationSpec, data_cfg: DataConfig, data_file: str | Path) -> None:
+        super().__init__(spec.tokenizer, data_cfg, data_file)
+        self.spec = spec
+        ensure_chat_template(self.tokenizer, data_cfg.chat_template)
+
+
+class ExampleBuilder(SpecBuilder):
+    """Turns raw records into `Example`s for one tokenisation spec (tokenizer, modalities, token counts)."""
+
     def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
-        return build_examples(records, self.build_one, self.cfg.skip_bad_samples, self.stats)
+        return self.build_with(records, self.build_one)
 
     def build_one(self, where: str, record: dict[str, Any]) -> Example | None:
         if self.cfg.format == "text":
@@ -124,45 +187,11 @@ class ExampleBuilder:
         if not isinstance(turns, list) or not turns:
             raise DataError(f"{where}: missing 'conversations' (a list of {{from, value}} turns)")
         messages = to_messages(turns, where)
-        input_ids, supervised = tokenize_conversation(self.tokenizer, with_model_placeholders(self.model, messages))
+        input_ids, supervised = tokenize_conversation(self.tokenizer, self.spec.with_placeholders(messages))
         labels = [tok if sup else IGNORE_INDEX for tok, sup in zip(input_ids, supervised)]
-        media: dict[str, list[Any]] = {}
-        for modality, placeholder in PLACEHOLDERS.items():
-            items = media_list(record, modality, where)
-            n_placeholders = sum(m["content"].count(placeholder) for m in messages)
-            if modality not in self.modalities:
-                if items or n_placeholders:
-                    raise DataError(f"{where}: has {modality} but the model has no {modality} encoder "
-                                    f"(model.encoders has: {', '.join(self.modalities) or 'none'})")
-                continue
-            if n_placeholders != len(items):
-                raise DataError(f"{where}: {n_placeholders} {placeholder} placeholder(s) in the text but "
-                                f"{len(items)} {modality} item(s); put one {placeholder} where each item goes")
-            if not items:
-                continue
-            media[modality] = [resolve_media(item, self.root, where, modality) for item in items]
-            check = getattr(self.model.encoders[modality], "check", None)
-            for path in media[modality] if check else []:
-                try:
-                    check(path)
-                except DataError as e:
-                    raise DataError(f"{where}: {e}") from e
-            input_ids, labels = expand_placeholders(input_ids, labels, self.model.placeholder_id(modality),
-                                                    self.model.num_media_tokens(modality))
+        input_ids, labels, media = record_media(self.spec, record, messages, self.root, where, "text", input_ids, labels)
         return self._truncate(Example(where, input_ids, labels, media))
 
     def _truncate(self, example: Example) -> Example | None:
-        limit = self.cfg.max_length
-        if len(example.input_ids) > limit:
-            media_ids = {self.model.placeholder_id(m) for m in example.media}
-            if any(t in media_ids for t in example.input_ids[limit:]):
-                self.stats.counts["dropped_truncated_media"] += 1
-                logger.warning("%s: dropped, max_length=%d would cut a media item", example.where, limit)
-                return None
-            example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
-            self.stats.counts["truncated"] += 1
-        if all(label == IGNORE_INDEX for label in example.labels[1:]):
-            self.stats.counts["dropped_no_target"] += 1
-            logger.warning("%s: dropped, no supervised tokens left after truncation", example.where)
-            return None
-        return example
+        media_ids = {self.spec.placeholder_id(m) for m in example.media}
+        return self.truncate(example, lambda limit: any(t in media_ids for t in example.input_ids[limit:]))

@@ -28,7 +28,10 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from mmadapt import __version__
 from mmadapt.errors import ConfigError
+from mmadapt.io import atomic_directory, atomic_write_bytes, sha256_file
+from mmadapt.lineage import write_manifest
 
 logger = logging.getLogger(__name__)
 KEY_CHARS = 20  # hex characters of the encoder key used as the folder name (80 bits)
@@ -60,8 +63,6 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
 def encoder_fingerprint(encoder: nn.Module) -> str:
     """SHA-256 over the encoder's class, config, preprocessing, weights and the library versions."""
     import transformers
-
-    from mmadapt import __version__
 
     digest = hashlib.sha256()
     identity = {
@@ -126,8 +127,6 @@ class FeatureCache:
         """Create the key folder with its manifest once (atomically; another process may win the race)."""
         if (self.root / "manifest.json").is_file():
             return
-        from mmadapt.io import atomic_directory
-        from mmadapt.lineage import write_manifest
 
         description = {
             "encoder_key": self.key,
@@ -159,8 +158,6 @@ class FeatureCache:
         return digest.hexdigest()
 
     def _file_digest(self, path: Path) -> str | None:
-        from mmadapt.io import sha256_file
-
         try:
             stat = path.stat()
         except OSError:
@@ -185,8 +182,6 @@ class FeatureCache:
 
     def _store(self, item_key: str, features: torch.Tensor) -> None:
         from safetensors.torch import save
-
-        from mmadapt.io import atomic_write_bytes
 
         atomic_write_bytes(self.entry_path(item_key), save({"features": features.detach().cpu().contiguous()}))
 

@@ -10,7 +10,16 @@ from typing import Any
 
 from mmadapt import registry
 from mmadapt.config import DataConfig, unknown_key_error
+from mmadapt.data.collator import FeatureCaches
+from mmadapt.data.conversations import ExampleBuilder
+from mmadapt.data.formats import first_path, read_dataset
+from mmadapt.data.packing import PackedCollator
+from mmadapt.data.preference import PreferenceTokenizer, read_kto_records, read_preference_records
+from mmadapt.data.tokenisation import TokenisationSpec
 from mmadapt.errors import ConfigError
+from mmadapt.hf.preference import ProcessedPreferenceTokenizer
+from mmadapt.hf.processing import ProcessedExampleBuilder
+from mmadapt.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +27,8 @@ logger = logging.getLogger(__name__)
 FORMATS: dict[str, tuple[str, str]] = {
     "conversations": ("mmadapt.data.loading:load_conversations", "mmadapt.data.collator:ConversationCollator"),
     "text": ("mmadapt.data.loading:load_conversations", "mmadapt.data.collator:ConversationCollator"),
-    "preference": ("mmadapt.data.preference:read_preference_records", "mmadapt.data.preference:PreferenceCollator"),
-    "kto": ("mmadapt.data.preference:read_kto_records", "mmadapt.data.preference:KTOCollator"),
+    "preference": ("mmadapt.data.loading:load_preference", "mmadapt.data.preference:PreferenceCollator"),
+    "kto": ("mmadapt.data.loading:load_kto", "mmadapt.data.preference:KTOCollator"),
 }
 
 
@@ -47,8 +56,6 @@ def generate_spec(generate: dict[str, Any], where: str = "data.generate") -> tup
 
 def generate_data(data_cfg: DataConfig) -> None:
     """Write a generated dataset (`data.generate: {name, out, **kwargs}`) once; later runs reuse it."""
-    from mmadapt.io import atomic_directory
-
     generator, out, spec = generate_spec(data_cfg.generate or {})
     if (Path(out) / "train.jsonl").is_file():
         return
@@ -57,28 +64,40 @@ def generate_data(data_cfg: DataConfig) -> None:
         generator(tmp, **spec)
 
 
-def load_conversations(source: str | list[str], model: Any, data_cfg: DataConfig, stats_prefix: str):
+def load_conversations(source: str | list[str], spec: TokenisationSpec, data_cfg: DataConfig, stats_prefix: str):
     """Conversation (or text) examples from data files / registered datasets in any layout of mmadapt.data.formats
     (several mixed by data.weights)."""
-    from mmadapt.data.conversations import ExampleBuilder
-    from mmadapt.data.formats import first_path, read_dataset
-
     records = read_dataset(source, data_cfg, "text" if data_cfg.format == "text" else "conversation")
     path = first_path(source)  # media paths are absolute by now: the builders' default root no longer matters
-
-    processor = getattr(model, "processor", None)
-    if processor is not None:  # an HF vision-language model: its own processor renders and expands images
-        from mmadapt.hf.processing import ProcessedExampleBuilder
-
-        builder = ProcessedExampleBuilder(processor, data_cfg, path)
+    if spec.processor is not None:  # an HF vision-language model: its own processor renders and expands images
+        builder = ProcessedExampleBuilder(spec.processor, data_cfg, path)
     else:
-        builder = ExampleBuilder(model, data_cfg, path)
+        builder = ExampleBuilder(spec, data_cfg, path)
     examples = builder.build(records)
     return examples, builder.stats.as_metrics(stats_prefix)
 
 
-def load_data(model: Any, data_cfg: DataConfig) -> tuple[list, list | None, Any, dict[str, float]]:
-    """Train / eval examples, the collator and data statistics (truncated, skipped, ...) for the run summary."""
+def preference_tokenizer(spec: TokenisationSpec, data_cfg: DataConfig, data_file: str | Path) -> PreferenceTokenizer:
+    """The tokenizer of preference / KTO samples: an HF vision-language model's goes through its processor."""
+    if spec.processor is not None:
+        return ProcessedPreferenceTokenizer(spec.processor, data_cfg, data_file)
+    return PreferenceTokenizer(spec, data_cfg, data_file)
+
+
+def load_preference(source: str | list[str], spec: TokenisationSpec, data_cfg: DataConfig, stats_prefix: str):
+    """Preference pairs (`{prompt, chosen, rejected}`) and their data statistics."""
+    return read_preference_records(source, preference_tokenizer(spec, data_cfg, first_path(source)), stats_prefix)
+
+
+def load_kto(source: str | list[str], spec: TokenisationSpec, data_cfg: DataConfig, stats_prefix: str):
+    """KTO samples (`{prompt, completion, label}`, each with its KL row) and their data statistics."""
+    return read_kto_records(source, preference_tokenizer(spec, data_cfg, first_path(source)), stats_prefix)
+
+
+def load_data(spec: TokenisationSpec, data_cfg: DataConfig, feature_caches: FeatureCaches | None = None
+              ) -> tuple[list, list | None, Any, dict[str, float]]:
+    """Train / eval examples, the collator of the data format (reading `feature_caches`, modality -> FeatureCache,
+    instead of encoding those modalities) and data statistics (truncated, skipped, ...) for the run summary."""
     if not data_cfg.train:
         raise ConfigError("data.train: no training data file given")
     loader_target, collator_target = FORMATS[data_cfg.format]
@@ -87,7 +106,7 @@ def load_data(model: Any, data_cfg: DataConfig) -> tuple[list, list | None, Any,
             raise ConfigError(f"data.retrieval builds conversations; data.format must be 'conversations', "
                               f"got {data_cfg.format!r}")
         loader_target = "mmadapt.rag.augment:load_retrieval_conversations"
-    if getattr(model, "processor", None) is not None and data_cfg.format == "text":
+    if spec.processor is not None and data_cfg.format == "text":
         raise ConfigError("data.format 'text' is for causal LMs; a model.vlm trains on conversations, preference "
                           "or kto data")
     if data_cfg.retrieval:  # the RA-DIT loader reads one QA file of its own
@@ -95,16 +114,14 @@ def load_data(model: Any, data_cfg: DataConfig) -> tuple[list, list | None, Any,
             if getattr(data_cfg, key) is not None and not isinstance(getattr(data_cfg, key), str):
                 raise ConfigError(f"data.{key}: one QA file with data.retrieval, got {getattr(data_cfg, key)!r}")
     loader = _load(loader_target)
-    train, stats = loader(data_cfg.train, model, data_cfg, "data_train")
+    train, stats = loader(data_cfg.train, spec, data_cfg, "data_train")
     evaluation = None
     if data_cfg.eval:
-        evaluation, eval_stats = loader(data_cfg.eval, model, data_cfg, "data_eval")
+        evaluation, eval_stats = loader(data_cfg.eval, spec, data_cfg, "data_eval")
         stats.update(eval_stats)
     if data_cfg.packing:
-        if getattr(model, "processor", None) is not None:
+        if spec.processor is not None:
             raise ConfigError("data.packing: an HF vision-language model places its positions itself (M-RoPE, image "
                               "grids); packing is for model.llm")
-        from mmadapt.data.packing import PackedCollator
-
-        return train, evaluation, PackedCollator(model, data_cfg.max_length), stats
-    return train, evaluation, _load(collator_target)(model), stats
+        return train, evaluation, PackedCollator(spec, data_cfg.max_length, feature_caches), stats
+    return train, evaluation, _load(collator_target)(spec, feature_caches), stats

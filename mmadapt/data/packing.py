@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from mmadapt.data.collator import collate_media
-from mmadapt.data.conversations import IGNORE_INDEX, Example
+from mmadapt.data.collator import FeatureCaches, collate_media
+from mmadapt.data.conversations import Example
+from mmadapt.data.tokenisation import IGNORE_INDEX, TokenisationSpec
 
 
 def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -35,10 +36,11 @@ def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
 class PackedCollator:
     """Examples -> {input_ids, labels, position_ids: [R, L] (R packed rows), media}; no attention_mask."""
 
-    def __init__(self, model: Any, max_length: int) -> None:
-        self.model = model
+    def __init__(self, spec: TokenisationSpec, max_length: int, feature_caches: FeatureCaches | None = None) -> None:
+        self.spec = spec
         self.max_length = max_length
-        self.pad_id = model.tokenizer.pad_token_id
+        self.feature_caches = feature_caches
+        self.pad_id = spec.tokenizer.pad_token_id
 
     def __call__(self, examples: list[Example]) -> dict[str, Any]:
         rows = first_fit([len(e.input_ids) for e in examples], self.max_length)
@@ -58,7 +60,7 @@ class PackedCollator:
         batch: dict[str, Any] = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
                                  "position_ids": torch.tensor(positions)}
         # media in placeholder order: the order of the samples within the packed rows
-        media = collate_media(self.model, [examples[i] for row in rows for i in row])
+        media = collate_media(self.spec, [examples[i] for row in rows for i in row], self.feature_caches)
         if media:
             batch["media"] = media
         return batch

@@ -18,14 +18,12 @@ from typing import Any
 
 import torch
 
-from mmadapt.config import DataConfig
-from mmadapt.data.collator import collate_media, pad
-from mmadapt.data.conversations import (IGNORE_INDEX, DataStats, build_examples, expand_placeholders, media_list,
-                                        resolve_media)
-from mmadapt.data.formats import first_path, read_dataset
-from mmadapt.data.templates import ROLE_MAP, ensure_chat_template, render
+from mmadapt.data.collator import FeatureCaches, collate_media, pad
+from mmadapt.data.conversations import SpecBuilder, record_media
+from mmadapt.data.formats import read_dataset
+from mmadapt.data.templates import parse_turn, render
+from mmadapt.data.tokenisation import IGNORE_INDEX, PLACEHOLDERS, TokenisationSpec
 from mmadapt.errors import DataError
-from mmadapt.model import PLACEHOLDERS, with_model_placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +55,7 @@ def prompt_messages(prompt: Any, where: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list) or not prompt:
         raise DataError(f"{where}: missing 'prompt' (a string, or a list of {{from, value}} turns)")
-    messages = []
-    for i, turn in enumerate(prompt):
-        role = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
-        content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
-        if not isinstance(role, str) or role not in ROLE_MAP or not isinstance(content, str):  # a list role is unhashable
-            raise DataError(f"{where}: prompt[{i}] must be {{from: human|gpt|system, value: text}} (or role/content)")
-        messages.append({"role": ROLE_MAP[role], "content": content})
+    messages = [parse_turn(turn, where, f"prompt[{i}]") for i, turn in enumerate(prompt)]
     if messages[-1]["role"] != "user":
         raise DataError(f"{where}: a multi-turn prompt must end with a user ('human') turn")
     return messages
@@ -72,10 +64,10 @@ def prompt_messages(prompt: Any, where: str) -> list[dict[str, str]]:
 def completion_text(value: Any, where: str, key: str) -> str:
     """A completion string (or a one-turn assistant list, TRL's conversational form); empty is an error."""
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
-        role = value[0].get("from", value[0].get("role"))
-        if not isinstance(role, str) or ROLE_MAP.get(role) != "assistant":
-            raise DataError(f"{where}: '{key}' must be a string or one assistant turn, got role {role!r}")
-        value = value[0].get("value", value[0].get("content"))
+        message = parse_turn(value[0], where, f"{key}[0]")
+        if message["role"] != "assistant":
+            raise DataError(f"{where}: '{key}' must be a string or one assistant turn, got role {message['role']!r}")
+        value = message["content"]
     if value is None:
         raise DataError(f"{where}: missing '{key}' (the completion text)")
     if not isinstance(value, str):
@@ -85,17 +77,8 @@ def completion_text(value: Any, where: str, key: str) -> str:
     return value
 
 
-class PreferenceTokenizer:
-    """Tokenises prompts (with media placeholders expanded) and completions for one model and data config."""
-
-    def __init__(self, model: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
-        self.model = model
-        self.tokenizer = model.tokenizer
-        self.cfg = data_cfg
-        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
-        ensure_chat_template(self.tokenizer, data_cfg.chat_template)
-        self.modalities = list(model.encoders.keys())
-        self.stats = DataStats()
+class PreferenceTokenizer(SpecBuilder):
+    """Tokenises prompts (with media placeholders expanded) and completions for one tokenisation spec and data config."""
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -108,29 +91,8 @@ class PreferenceTokenizer:
     ) -> tuple[list[dict[str, str]], list[int], dict[str, list[Path]]]:
         """A record's prompt: (chat messages, token ids with placeholders expanded, {modality: media paths})."""
         messages = prompt_messages(record.get("prompt"), where)
-        ids = self._ids(self.render(with_model_placeholders(self.model, messages), add_generation_prompt=True))
-        media: dict[str, list[Path]] = {}
-        for modality, placeholder in PLACEHOLDERS.items():
-            items = media_list(record, modality, where)
-            n_placeholders = sum(m["content"].count(placeholder) for m in messages)
-            if modality not in self.modalities:
-                if items or n_placeholders:
-                    raise DataError(f"{where}: has {modality} but the model has no {modality} encoder "
-                                    f"(model.encoders has: {', '.join(self.modalities) or 'none'})")
-                continue
-            if n_placeholders != len(items):
-                raise DataError(f"{where}: {n_placeholders} {placeholder} placeholder(s) in the prompt but "
-                                f"{len(items)} {modality} item(s); put one {placeholder} where each item goes")
-            if items:
-                media[modality] = [resolve_media(item, self.root, where, modality) for item in items]
-                check = getattr(self.model.encoders[modality], "check", None)  # decode errors now, not mid-training
-                for path in media[modality] if check else []:
-                    try:
-                        check(path)
-                    except DataError as e:
-                        raise DataError(f"{where}: {e}") from e
-                ids, _ = expand_placeholders(ids, ids, self.model.placeholder_id(modality),
-                                             self.model.num_media_tokens(modality))
+        ids = self._ids(self.render(self.spec.with_placeholders(messages), add_generation_prompt=True))
+        ids, _, media = record_media(self.spec, record, messages, self.root, where, "prompt", ids, ids)
         return messages, ids, media
 
     def completion(self, where: str, messages: list[dict[str, str]], value: Any, key: str) -> list[int]:
@@ -158,18 +120,6 @@ class PreferenceTokenizer:
             return None
         return room
 
-    def build(self, records: list[tuple[str, dict[str, Any]]], one: Any) -> list[Any]:
-        return build_examples(records, one, self.cfg.skip_bad_samples, self.stats)
-
-
-def preference_tokenizer(model: Any, data_cfg: DataConfig, data_file: str | Path) -> PreferenceTokenizer:
-    """The tokenizer for `model`'s pairs: an HF vision-language model's goes through its processor."""
-    processor = getattr(model, "processor", None)
-    if processor is not None:
-        from mmadapt.hf.preference import ProcessedPreferenceTokenizer
-
-        return ProcessedPreferenceTokenizer(processor, data_cfg, data_file)
-    return PreferenceTokenizer(model, data_cfg, data_file)
 
 
 def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> PreferenceExample | None:
@@ -193,12 +143,11 @@ def _pair(tok: PreferenceTokenizer, where: str, record: dict[str, Any]) -> Prefe
 
 
 def read_preference_records(
-    path: str | list[str], model: Any, data_cfg: DataConfig, stats_prefix: str
+    path: str | list[str], tok: PreferenceTokenizer, stats_prefix: str
 ) -> tuple[list[PreferenceExample], dict[str, float]]:
     """Tokenised preference pairs from data files / registered datasets (any layout of mmadapt.data.formats, several
     mixed by data.weights) and the data statistics (drops, truncations)."""
-    tok = preference_tokenizer(model, data_cfg, first_path(path))
-    examples = tok.build(read_dataset(path, data_cfg, "preference"), lambda where, record: _pair(tok, where, record))
+    examples = tok.build_with(read_dataset(path, tok.cfg, "preference"), lambda where, record: _pair(tok, where, record))
     return examples, tok.stats.as_metrics(stats_prefix)
 
 
@@ -228,17 +177,16 @@ def _kl_partner(examples: list[KTOExample], i: int) -> KTOExample:
 
 
 def read_kto_records(
-    path: str | list[str], model: Any, data_cfg: DataConfig, stats_prefix: str
+    path: str | list[str], tok: PreferenceTokenizer, stats_prefix: str
 ) -> tuple[list[KTOExample], dict[str, float]]:
     """Tokenised KTO samples; each gets the completion of the next sample with another prompt as its fixed KL row."""
-    tok = preference_tokenizer(model, data_cfg, first_path(path))
-    examples = tok.build(read_dataset(path, data_cfg, "kto"), lambda where, record: _kto(tok, where, record))
+    examples = tok.build_with(read_dataset(path, tok.cfg, "kto"), lambda where, record: _kto(tok, where, record))
     if len(examples) == 1:
         logger.warning("%s: one KTO sample, so its KL row is its own completion", path)
     one_prompt = len({tuple(e.prompt_ids) for e in examples}) == 1
     for i, example in enumerate(examples):
         other = (examples[(i + 1) % len(examples)] if one_prompt else _kl_partner(examples, i)).completion_ids
-        example.kl_completion_ids = other[: data_cfg.max_length - len(example.prompt_ids)]
+        example.kl_completion_ids = other[: tok.cfg.max_length - len(example.prompt_ids)]
     return examples, tok.stats.as_metrics(stats_prefix)
 
 
@@ -253,40 +201,37 @@ def _rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -
     }
 
 
-class PreferenceCollator:
-    """PreferenceExamples -> {input_ids, attention_mask, completion_labels: [2B, L] (rows [:B] chosen, [B:] rejected),
-    media (once per pair), ids}."""
+class _PromptRowsCollator:
+    """Rows of prompt + completion for examples whose two row groups share their prompts (media once per prompt)."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.pad_id = model.tokenizer.pad_token_id
+    def __init__(self, spec: TokenisationSpec, feature_caches: FeatureCaches | None = None) -> None:
+        self.spec = spec
+        self.feature_caches = feature_caches
+        self.pad_id = spec.tokenizer.pad_token_id
 
-    def __call__(self, examples: list[PreferenceExample]) -> dict[str, Any]:
-        prompts = [e.prompt_ids for e in examples]
-        completions = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
-        batch: dict[str, Any] = _rows(prompts * 2, completions, self.pad_id)
+    def rows(self, examples: list[Any], completions: list[list[int]]) -> dict[str, Any]:
+        """`completions`: the first group's B rows then the second group's B rows, all after their example's prompt."""
+        batch: dict[str, Any] = _rows([e.prompt_ids for e in examples] * 2, completions, self.pad_id)
         batch["ids"] = [e.where for e in examples]
-        media = collate_media(self.model, examples)
+        media = collate_media(self.spec, examples, self.feature_caches)
         if media:
             batch["media"] = media
         return batch
 
 
-class KTOCollator:
+class PreferenceCollator(_PromptRowsCollator):
+    """PreferenceExamples -> {input_ids, attention_mask, completion_labels: [2B, L] (rows [:B] chosen, [B:] rejected),
+    media (once per pair), ids}."""
+
+    def __call__(self, examples: list[PreferenceExample]) -> dict[str, Any]:
+        return self.rows(examples, [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples])
+
+
+class KTOCollator(_PromptRowsCollator):
     """KTOExamples -> {input_ids, attention_mask, completion_labels: [2B, L] (rows [:B] completions, [B:] KL rows),
     desirable [B] bool, media (once per sample), ids}."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.pad_id = model.tokenizer.pad_token_id
-
     def __call__(self, examples: list[KTOExample]) -> dict[str, Any]:
-        prompts = [e.prompt_ids for e in examples]
-        completions = [e.completion_ids for e in examples] + [e.kl_completion_ids for e in examples]
-        batch: dict[str, Any] = _rows(prompts * 2, completions, self.pad_id)
+        batch = self.rows(examples, [e.completion_ids for e in examples] + [e.kl_completion_ids for e in examples])
         batch["desirable"] = torch.tensor([e.desirable for e in examples], dtype=torch.bool)
-        batch["ids"] = [e.where for e in examples]
-        media = collate_media(self.model, examples)
-        if media:
-            batch["media"] = media
         return batch

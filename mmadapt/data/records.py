@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.errors import DataError
+from mmadapt.io import read_json_items
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """[(where, record)] from a JSON list file or a JSON-lines file; a malformed line names file and line."""
-    from mmadapt.io import read_json_items
-
     path = Path(path)
     records = read_json_items(path, "a data file", DataError)
     for where, record in records:

@@ -11,17 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from mmadapt.data.chat_templates import CHATML_TEMPLATE, missing_markers, resolve_chat_template
 from mmadapt.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
-
-# mmadapt's default when a tokenizer has no chat template (documented in the README): ChatML.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
             "tool": "tool"}  # tool: a tool's result (ShareGPT's observation, OpenAI's tool role)
@@ -48,20 +41,22 @@ def check_jinja(source: str, key: str) -> None:
         raise ConfigError(f"{key}: the chat template is not valid Jinja: line {e.lineno}: {e.message}") from None
 
 
+def parse_turn(turn: Any, where: str, key: str) -> dict[str, str]:
+    """One `{from, value}` (or `{role, content}`) turn -> a chat message; `key` names the turn in errors."""
+    if not isinstance(turn, dict):
+        raise DataError(f"{where}: {key} is not an object")
+    role = turn.get("from", turn.get("role"))
+    content = turn.get("value", turn.get("content"))
+    if not isinstance(role, str) or role not in ROLE_MAP:  # a list/dict role is unhashable: name it
+        raise DataError(f"{where}: {key} has role {role!r}; valid: human, gpt (or user, assistant, system, tool)")
+    if not isinstance(content, str):
+        raise DataError(f"{where}: {key} has no text 'value'")
+    return {"role": ROLE_MAP[role], "content": content}
+
+
 def to_messages(turns: list[dict[str, Any]], where: str) -> list[dict[str, str]]:
     """LLaVA `{from, value}` turns (or `{role, content}`) -> chat-template messages."""
-    messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise DataError(f"{where}: conversations[{i}] is not an object")
-        role = turn.get("from", turn.get("role"))
-        content = turn.get("value", turn.get("content"))
-        if not isinstance(role, str) or role not in ROLE_MAP:  # a list/dict role is unhashable: name it
-            raise DataError(f"{where}: conversations[{i}] has role {role!r}; "
-                            "valid: human, gpt (or user, assistant, system, tool)")
-        if not isinstance(content, str):
-            raise DataError(f"{where}: conversations[{i}] has no text 'value'")
-        messages.append({"role": ROLE_MAP[role], "content": content})
+    messages = [parse_turn(turn, where, f"conversations[{i}]") for i, turn in enumerate(turns)]
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: no assistant ('gpt') turn to learn from")
     first = next(i for i, m in enumerate(messages) if m["role"] != "system")
@@ -110,8 +105,6 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tup
 def chat_template_source(tokenizer: Any, value: str) -> str:
     """`data.chat_template` (a name, tokenizer directory, .jinja file or Jinja) as Jinja source; a named template whose
     markers are not tokens of this tokenizer is a warning (they are split into pieces: add them as special tokens)."""
-    from mmadapt.data.chat_templates import missing_markers, resolve_chat_template
-
     source = resolve_chat_template(value)
     missing = missing_markers(tokenizer, value)
     if missing:

@@ -79,7 +79,7 @@ def export_llava(model: Any, out_dir: str | Path, inputs: list[str | Path] | Non
     """
     from mmadapt.io import atomic_directory, check_output_dir
     from mmadapt.lineage import write_manifest
-    from mmadapt.train.peft import has_adapters, merge_adapters
+    from mmadapt.adapters import has_adapters, merge_adapters
 
     problems = llava_mismatches(model)
     if problems:

@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from mmadapt.config import ModelConfig, PeftConfig, VLMConfig, from_dict, to_dict
+from mmadapt.data.tokenisation import TokenisationSpec
 from mmadapt.errors import ConfigError
 from mmadapt.hf.families import Family, family_for
 from mmadapt.peft_names import ADAPTER_CONFIG
@@ -120,6 +121,10 @@ class HFVisionLM(nn.Module):
         return model
 
     # ------------------------------------------------------------------ the model surface
+    def tokenisation_spec(self) -> TokenisationSpec:
+        """What the data side needs: the processor renders, expands and preprocesses images itself."""
+        return TokenisationSpec(self.tokenizer, processor=self.processor)
+
     @property
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
@@ -183,7 +188,7 @@ class HFVisionLM(nn.Module):
         the adapter as peft's modules_to_save, so the adapter directory is complete on its own."""
         from peft import PeftModel, get_peft_model
 
-        from mmadapt.train.peft import lora_config
+        from mmadapt.adapters import lora_config
 
         if cfg.quantization != "none":
             raise ConfigError("peft.quantization: QLoRA is supported for model.llm; for model.vlm use plain LoRA")
@@ -269,7 +274,7 @@ def _has_processor(path: str | Path) -> bool:
 
 
 def _adapter_base(adapter: Path) -> str:
-    from mmadapt.model import peft_adapter_base
+    from mmadapt.llm import peft_adapter_base
 
     base = peft_adapter_base(adapter, "model.vlm")
     if base is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.config import DataConfig
-from mmadapt.data.conversations import DataStats
+from mmadapt.data.conversations import RecordBuilder
 from mmadapt.data.preference import PreferenceTokenizer, prompt_messages
 from mmadapt.hf.processing import (add_special_tokens_for, load_image, process_images, record_images,
                                    to_hf_messages, use_chat_template)
@@ -20,14 +20,10 @@ class ProcessedPreferenceTokenizer(PreferenceTokenizer):
     """PreferenceTokenizer over an HF processor (its chat template, image token and image expansion)."""
 
     def __init__(self, processor: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
-        self.model = None
+        RecordBuilder.__init__(self, processor.tokenizer, data_cfg, data_file)  # not the spec's: the processor's
+        self.spec = None  # the processor renders and expands images itself
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.cfg = data_cfg
-        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
         use_chat_template(processor, data_cfg)
-        self.modalities = ["image"]
-        self.stats = DataStats()
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
         return self.processor.apply_chat_template(to_hf_messages(messages), tokenize=False,

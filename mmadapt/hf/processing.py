@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from mmadapt.config import DataConfig
-from mmadapt.data.conversations import (IGNORE_INDEX, DataStats, Example, build_examples, media_list,
-                                        resolve_media)
+from mmadapt.data.chat_templates import NAMED_TEMPLATES, resolve_chat_template
+from mmadapt.data.conversations import Example, RecordBuilder, media_list, resolve_media
 from mmadapt.data.templates import assistant_spans, to_messages
+from mmadapt.data.tokenisation import IGNORE_INDEX
 from mmadapt.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,6 @@ def align_labels(plain_ids: list[int], labels: list[int], expanded: list[int], i
 def use_chat_template(processor: Any, data_cfg: DataConfig) -> None:
     """The processor's own chat template, or `data.chat_template` (a tokenizer/processor directory, a .jinja file or
     Jinja source). The named text-only templates do not place image parts, so a name is refused for a model.vlm."""
-    from mmadapt.data.chat_templates import NAMED_TEMPLATES, resolve_chat_template
-
     value = data_cfg.chat_template
     if value is not None:
         if value in NAMED_TEMPLATES:
@@ -156,20 +155,17 @@ def record_images(record: dict[str, Any], messages: list[dict[str, str]], root: 
     return [resolve_media(item, root, where, "image") for item in items]
 
 
-class ProcessedExampleBuilder:
+class ProcessedExampleBuilder(RecordBuilder):
     """Raw conversation records -> Examples for one HF processor (same checks as ExampleBuilder)."""
 
     def __init__(self, processor: Any, data_cfg: DataConfig, data_file: str | Path) -> None:
+        super().__init__(processor.tokenizer, data_cfg, data_file)
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.cfg = data_cfg
-        self.root = Path(data_cfg.media_root) if data_cfg.media_root else Path(data_file).parent
         use_chat_template(processor, data_cfg)
         self.image_id = self.tokenizer.convert_tokens_to_ids(_image_token(processor))
-        self.stats = DataStats()
 
     def build(self, records: list[tuple[str, dict[str, Any]]]) -> list[Example]:
-        return build_examples(records, self.build_one, self.cfg.skip_bad_samples, self.stats)
+        return self.build_with(records, self.build_one)
 
     def build_one(self, where: str, record: dict[str, Any]) -> Example | None:
         if self.cfg.format != "conversations":
@@ -200,19 +196,7 @@ class ProcessedExampleBuilder:
         return expanded, align_labels(list(plain["input_ids"]), labels, expanded, self.image_id, lengths, where)
 
     def _truncate(self, example: Example) -> Example | None:
-        limit = self.cfg.max_length
-        if len(example.input_ids) > limit:
-            if example.media:
-                self.stats.counts["dropped_truncated_media"] += 1
-                logger.warning("%s: dropped, max_length=%d would cut its image tokens", example.where, limit)
-                return None
-            example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
-            self.stats.counts["truncated"] += 1
-        if all(label == IGNORE_INDEX for label in example.labels[1:]):
-            self.stats.counts["dropped_no_target"] += 1
-            logger.warning("%s: dropped, no supervised tokens", example.where)
-            return None
-        return example
+        return self.truncate(example, lambda limit: bool(example.media))  # image tokens can sit anywhere in the text
 
 
 def media_batch(processor: Any, examples: list[Any]) -> dict[str, torch.Tensor]:

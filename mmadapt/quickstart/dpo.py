@@ -83,7 +83,7 @@ def generate_pairs(out_dir: str | Path, data: str | Path, seed: int = 0) -> None
 def run(out: Path, connector: str | None = None) -> dict[str, float]:
     import torch
 
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.data.records import read_records
     from mmadapt.generate import exact_match
     from mmadapt.io import atomic_write_json

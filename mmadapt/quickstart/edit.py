@@ -116,7 +116,7 @@ def train_base(out: Path, lines: list[str], world: dict[str, dict[str, str]], se
     continuing the last); returns (the final run's LLM directory, accuracy, seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.quickstart.tiny import tiny_llm_config
     from mmadapt.quickstart.tokenizer import train_word_tokenizer
     from mmadapt.train.run import train

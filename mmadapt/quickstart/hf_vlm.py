@@ -116,7 +116,7 @@ def export_logit_diff(model: Any, export_dir: Path, records: list[tuple[str, dic
     from mmadapt.hf.processing import ProcessedExampleBuilder
 
     builder = ProcessedExampleBuilder(model.processor, DataConfig(max_length=64), root / "eval.jsonl")
-    batch = ConversationCollator(model)(builder.build(records[:16]))
+    batch = ConversationCollator(model.tokenisation_spec())(builder.build(records[:16]))
     reloaded = AutoModelForImageTextToText.from_pretrained(str(export_dir)).eval()
     model.eval()
     with torch.no_grad():
@@ -135,7 +135,8 @@ def run(out: Path, connector: str | None = None) -> dict[str, float]:
 
 
 def run_hf_vlm(out: Path, n_train: int = 3000, n_eval: int = 300, overrides: list[str] | None = None) -> dict[str, float]:
-    from mmadapt.config import ModelConfig, VLMConfig, load_run
+    from mmadapt.config import ModelConfig, VLMConfig
+    from mmadapt.run_config import load_run
     from mmadapt.data.loading import generate_data
     from mmadapt.data.records import read_records
     from mmadapt.generate import exact_match

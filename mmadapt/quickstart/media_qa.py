@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from mmadapt.config import RunConfig, load_run, read_yaml, stage_configs
+from mmadapt.config import RunConfig, read_yaml, stage_configs
+from mmadapt.run_config import load_run
 from mmadapt.io import atomic_write_json
 
 logger = logging.getLogger(__name__)

@@ -92,7 +92,7 @@ def accuracy(model: torch.nn.Module, tokenizer: Any, facts: list[tuple[str, str]
 def _train(out: Path, lines: list[str], tokenizer_dir: Path, init_from: Path | None, seed: int, epochs: float,
            lr: float, batch_size: int) -> Path:
     """One `mmadapt train` run of a tiny Llama on text lines (loss on every token); returns the checkpoint."""
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.quickstart.tiny import tiny_llm_config
     from mmadapt.train.run import train
 

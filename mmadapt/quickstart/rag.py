@@ -160,7 +160,7 @@ def accuracy(answers: list[Any], facts: list[Fact]) -> float:
 
 def run(out: Path, connector: str | None = None, seed: int = 0, n_entities: int = 120, redraws: int = 300,
         epochs: float = 8.0) -> dict[str, float]:
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.errors import ConfigError
     from mmadapt.model import MultimodalLM
     from mmadapt.quickstart.tokenizer import train_word_tokenizer

@@ -26,6 +26,7 @@ import torch
 from mmadapt import registry
 from mmadapt.config import RunConfig, dump, stage_configs, to_dict
 from mmadapt.errors import ConfigError, DataError
+from mmadapt.interfaces import PreparedObjective
 from mmadapt.io import atomic_directory, atomic_write_json, check_output_dir, clean_stale, writer_lock
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,8 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path, has_eval: bool, 
 
 def build_objective(config: RunConfig) -> Any:
     objective = registry.build("objective", config.objective, where="objective")
-    formats = getattr(objective, "data_formats", None)
-    if formats and config.data.format not in formats:
+    formats = objective.data_formats
+    if config.data.format not in formats:
         raise ConfigError(f"objective {config.objective['name']!r} needs data.format in {list(formats)}, "
                           f"got {config.data.format!r}")
     return objective
@@ -256,11 +257,11 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
     if config.training.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     objective = build_objective(config)
-    train_data, eval_data, collator, data_stats = load_data(model, config.data)
-    if config.data.feature_cache:
-        attach_feature_caches(model, config.data.feature_cache, train_data + (eval_data or []))
-    if hasattr(objective, "prepare"):
-        objective.prepare(model, train_data + (eval_data or []))  # eval pairs may need reference log-probs too
+    caches = feature_caches(model, config.data.feature_cache) if config.data.feature_cache else {}
+    train_data, eval_data, collator, data_stats = load_data(model.tokenisation_spec(), config.data, caches)
+    warm_feature_caches(caches, train_data + (eval_data or []))
+    if isinstance(objective, PreparedObjective):  # eval pairs may need reference log-probs too
+        objective.prepare(model, train_data + (eval_data or []), collator)
     logger.info("data: %d train / %s eval examples %s", len(train_data), len(eval_data) if eval_data else 0,
                 {k: int(v) for k, v in data_stats.items()})
 
@@ -308,20 +309,27 @@ def _train_stage(config: RunConfig, resume: bool, callbacks: list | None, stage:
     return metrics
 
 
-def attach_feature_caches(model: Any, directory: str, examples: list) -> None:
-    """Frozen encoders read their features from an on-disk cache (filled now, reused by later epochs and stages)."""
+def feature_caches(model: Any, directory: str) -> dict[str, Any]:
+    """modality -> FeatureCache for every frozen encoder: the collator reads their features from the on-disk cache
+    (filled by `warm_feature_caches`, reused by later epochs and stages)."""
     from mmadapt.data.feature_cache import FeatureCache
 
+    caches = {}
     for modality, encoder in model.encoders.items():
         if any(p.requires_grad for p in encoder.parameters()):
             logger.info("feature cache: the %s encoder trains in this stage; encoding on the fly", modality)
             continue
-        cache = FeatureCache(directory, encoder)
+        caches[modality] = FeatureCache(directory, encoder)
+    return caches
+
+
+def warm_feature_caches(caches: dict[str, Any], examples: list) -> None:
+    """Encode now every item of `examples` that a cache does not hold yet."""
+    for modality, cache in caches.items():
         items = [item for e in examples for item in getattr(e, "media", {}).get(modality, [])]
         encoded = cache.warm(items, desc=f"feature cache ({modality})")
         logger.info("feature cache %s: %d %s items encoded now, %d already cached", cache.root, encoded, modality,
                     len(set(map(str, items))) - encoded)
-        model.feature_caches[modality] = cache
 
 
 def save_outputs(trainer: Any, model: Any, config: RunConfig, out: Path, metrics: dict[str, float], stage: str,

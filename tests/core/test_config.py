@@ -2,7 +2,8 @@
 
 import pytest
 
-from mmadapt.config import RunConfig, TrainingConfig, from_dict, load, load_run, stage_configs
+from mmadapt.config import RunConfig, TrainingConfig, from_dict, load, stage_configs
+from mmadapt.run_config import load_run
 from mmadapt.errors import ConfigError
 
 BASE = {

@@ -42,7 +42,7 @@ def test_json_list_format(tmp_path):
 
 def test_missing_image_names_sample_and_path(tmp_path, model, image_files):
     path = write_jsonl(tmp_path / "d.jsonl", [conv(image=str(image_files[0])), conv(image="nope.png")])
-    builder = ExampleBuilder(model, DataConfig(train=str(path)), path)
+    builder = ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path)), path)
     with pytest.raises(DataError, match=r"d\.jsonl:2: image file not found: .*nope\.png"):
         builder.build(read_records(path))
 
@@ -52,8 +52,8 @@ def test_corrupt_image_is_an_error_or_skipped_and_counted(tmp_path, model, image
     bad.write_bytes(b"not a png at all")
     path = write_jsonl(tmp_path / "d.jsonl", [conv(image=str(image_files[0])), conv(image=str(bad))])
     with pytest.raises(DataError, match=r"d\.jsonl:2: corrupt or unreadable image .*bad\.png"):
-        ExampleBuilder(model, DataConfig(train=str(path)), path).build(read_records(path))
-    builder = ExampleBuilder(model, DataConfig(train=str(path), skip_bad_samples=True), path)
+        ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path)), path).build(read_records(path))
+    builder = ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path), skip_bad_samples=True), path)
     examples = builder.build(read_records(path))
     assert len(examples) == 1 and builder.stats.counts["skipped_bad"] == 1
 
@@ -63,28 +63,28 @@ def test_placeholder_count_mismatch_names_sample(tmp_path, model, image_files):
     rec["conversations"][0]["value"] = "<image> <image> two placeholders"
     path = write_jsonl(tmp_path / "d.jsonl", [rec])
     with pytest.raises(DataError, match=r"d\.jsonl:1: 2 <image> placeholder\(s\) in the text but 1 image"):
-        ExampleBuilder(model, DataConfig(train=str(path)), path).build(read_records(path))
+        ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path)), path).build(read_records(path))
 
 
 def test_bad_role_and_missing_assistant(tmp_path, model):
     path = write_jsonl(tmp_path / "d.jsonl", [{"conversations": [{"from": "robot", "value": "hi"}]}])
     with pytest.raises(DataError, match=r"d\.jsonl:1: conversations\[0\] has role 'robot'; valid: human, gpt"):
-        ExampleBuilder(model, DataConfig(train=str(path)), path).build(read_records(path))
+        ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path)), path).build(read_records(path))
     path = write_jsonl(tmp_path / "e.jsonl", [{"conversations": [{"from": "human", "value": "hi"}]}])
     with pytest.raises(DataError, match="no assistant"):
-        ExampleBuilder(model, DataConfig(train=str(path)), path).build(read_records(path))
+        ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path)), path).build(read_records(path))
 
 
 def test_placeholders_expand_and_truncation_is_counted(tmp_path, model, image_files):
     long_answer = " ".join(["red"] * 40)
     path = write_jsonl(tmp_path / "d.jsonl", [conv(image=str(image_files[0])), conv(a=long_answer)])
-    builder = ExampleBuilder(model, DataConfig(train=str(path), max_length=24), path)
+    builder = ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path), max_length=24), path)
     examples = builder.build(read_records(path))
     m = model.num_media_tokens("image")
     assert examples[0].input_ids.count(model.placeholder_id("image")) == m
     assert len(examples[1].input_ids) == 24 and builder.stats.counts["truncated"] == 1
     # an image cut by max_length drops the sample (counted), never silently misaligns
-    builder = ExampleBuilder(model, DataConfig(train=str(path), max_length=20), path)
+    builder = ExampleBuilder(model.tokenisation_spec(), DataConfig(train=str(path), max_length=20), path)
     rec_path = write_jsonl(tmp_path / "f.jsonl", [conv(image=str(image_files[0])), conv()])
     rec = read_records(rec_path)
     rec[0][1]["conversations"][0]["value"] = "hello " * 30 + "<image>"

@@ -35,7 +35,7 @@ def test_text_only_is_exactly_the_llm(make_model_config, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_media_tokens_are_spliced_at_placeholders(make_model_config, image_files, family):
     model = MultimodalLM.from_config(make_model_config(family)).eval()
-    collator = ConversationCollator(model)
+    collator = ConversationCollator(model.tokenisation_spec())
     # sample 0: two images; sample 1: none; sample 2: one image  (mixed batch, several images per sample)
     w = word_ids(model)
     batch = collator([_example(model, w[:3], 2, image_files), _example(model, w[3:5], 0, image_files),
@@ -54,7 +54,7 @@ def test_media_tokens_are_spliced_at_placeholders(make_model_config, image_files
 
 def test_placeholder_media_mismatch_is_a_clear_error(make_model_config, image_files):
     model = MultimodalLM.from_config(make_model_config("llama"))
-    collator = ConversationCollator(model)
+    collator = ConversationCollator(model.tokenisation_spec())
     batch = collator([_example(model, word_ids(model)[:2], 1, image_files)])
     with pytest.raises(DataError, match="placeholder positions"):
         model.embed(batch["input_ids"], {"image": torch.cat([batch["media"]["image"]] * 2)})
@@ -64,7 +64,7 @@ def test_placeholder_media_mismatch_is_a_clear_error(make_model_config, image_fi
 
 def test_generate_with_images_matches_greedy_forward(make_model_config, image_files):
     model = MultimodalLM.from_config(make_model_config("llama")).eval()
-    batch = ConversationCollator(model)([_example(model, word_ids(model)[:3], 1, image_files)])
+    batch = ConversationCollator(model.tokenisation_spec())([_example(model, word_ids(model)[:3], 1, image_files)])
     new = model.generate(batch["input_ids"], batch["attention_mask"], media=batch["media"], max_new_tokens=4, do_sample=False)
     assert new.shape == (1, 4)
     # the first generated token is the argmax of a plain forward pass (KV cache path == no cache path)
@@ -80,7 +80,7 @@ def test_generate_with_images_matches_greedy_forward(make_model_config, image_fi
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_save_and_load_round_trip(make_model_config, image_files, tmp_path, family):
     model = MultimodalLM.from_config(make_model_config(family)).eval()
-    batch = ConversationCollator(model)([_example(model, word_ids(model)[:3], 1, image_files)])
+    batch = ConversationCollator(model.tokenisation_spec())([_example(model, word_ids(model)[:3], 1, image_files)])
     model.save_pretrained(tmp_path / "ckpt", manifest={"kind": "test"})
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
     assert {"mmadapt_model.yaml", "llm", "multimodal.safetensors", "manifest.json"} <= files
@@ -101,7 +101,7 @@ def test_save_and_load_round_trip(make_model_config, image_files, tmp_path, fami
 
 def test_gradient_checkpointing_gives_the_same_gradients(make_model_config, image_files):
     model = MultimodalLM.from_config(make_model_config("llama")).train()
-    batch = ConversationCollator(model)([_example(model, word_ids(model)[:4], 1, image_files)])
+    batch = ConversationCollator(model.tokenisation_spec())([_example(model, word_ids(model)[:4], 1, image_files)])
 
     def grads():
         model.zero_grad()

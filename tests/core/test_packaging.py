@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -42,8 +41,8 @@ def test_built_wheel_imports_subpackages(wheel, tmp_path):
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     zipfile.ZipFile(wheel).extractall(site)
-    paths = sysconfig.get_paths()
-    borrowed = dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if p != site)
+    # every site directory the running interpreter imports from (a venv layered on system site-packages has two)
+    borrowed = dict.fromkeys(p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and p != site)
     (Path(site) / "_mmadapt_test_deps.pth").write_text("".join(f"{p}\n" for p in borrowed))
     code = "import mmadapt, importlib; [importlib.import_module(m) for m in %r]; print(mmadapt.__file__)" % SUBPACKAGES
     result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)

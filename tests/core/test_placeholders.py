@@ -21,7 +21,7 @@ def test_a_config_names_another_image_token(make_model_config, image_files, tmp_
     record = {"image": image_files[0].name, "conversations": [
         {"from": "human", "value": "<image>\nwhat colour is the shape ?"}, {"from": "gpt", "value": "red"}]}
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
-    example = ExampleBuilder(model, DataConfig(), tmp_path / "train.jsonl").build(read_records(str(tmp_path / "train.jsonl")))[0]
+    example = ExampleBuilder(model.tokenisation_spec(), DataConfig(), tmp_path / "train.jsonl").build(read_records(str(tmp_path / "train.jsonl")))[0]
     assert example.input_ids.count(token_id) == model.num_media_tokens("image")
     ids = encode_prompt(model, [{"role": "user", "content": "<image>\nwhat colour is the shape ?"}], {"image": [image_files[0]]})
     assert ids.count(token_id) == model.num_media_tokens("image")
@@ -37,7 +37,7 @@ def test_a_config_names_another_image_token(make_model_config, image_files, tmp_
 def test_placeholders_are_checked():
     import pytest
 
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model.placeholders: unknown modality"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmadapt.config import load_run
+from mmadapt.run_config import load_run
 from mmadapt.lineage import read_manifest, verify
 from mmadapt.quickstart.tiny import tiny_llm_config, tiny_vit_encoder
 from mmadapt.train.run import train

@@ -13,8 +13,8 @@ from format_helpers import make_model, make_tokenizer, png, supervised_texts, wr
 
 from mmadapt.config import DataConfig
 from mmadapt.data.formats import read_dataset
-from mmadapt.data.loading import load_conversations, load_data
-from mmadapt.data.preference import read_kto_records, read_preference_records
+from mmadapt.data.loading import load_conversations, load_data, load_kto, load_preference
+
 from mmadapt.errors import ConfigError, DataError
 
 END = "<|im_end|>"
@@ -35,7 +35,8 @@ def cfg(tmp_path, **kwargs) -> DataConfig:
 
 
 def build(model, path, data_cfg):
-    examples, _ = load_conversations(str(path) if not isinstance(path, list) else path, model, data_cfg, "data_train")
+    examples, _ = load_conversations(str(path) if not isinstance(path, list) else path, model.tokenisation_spec(),
+                                     data_cfg, "data_train")
     return examples
 
 
@@ -116,7 +117,7 @@ def test_alpaca_with_history_and_system(model, tmp_path):
 ], ids=["trl", "trl-implicit", "sharegpt", "alpaca"])
 def test_preference_layouts(model, tmp_path, record):
     path = write_jsonl(tmp_path / "pairs.jsonl", [record])
-    (pair,), _ = read_preference_records(str(path), model, cfg(tmp_path, format="preference"), "data_train")
+    (pair,), _ = load_preference(str(path), model.tokenisation_spec(), cfg(tmp_path, format="preference"), "data_train")
     tok = model.tokenizer
     assert tok.decode(pair.prompt_ids).endswith("what colour is the sky?<|im_end|>\n<|im_start|>assistant\n")
     assert tok.decode(pair.chosen_ids) == "The sky is blue." + END
@@ -129,7 +130,7 @@ def test_kto_from_sharegpt_tag(model, tmp_path):
          "kto_tag": True},
         {"conversations": [{"from": "human", "value": "and the grass?"}, {"from": "gpt", "value": "The sky is blue."}],
          "kto_tag": False}])
-    examples, _ = read_kto_records(str(path), model, cfg(tmp_path, format="kto", formatting="sharegpt"), "data_train")
+    examples, _ = load_kto(str(path), model.tokenisation_spec(), cfg(tmp_path, format="kto", formatting="sharegpt"), "data_train")
     assert [e.desirable for e in examples] == [True, False]
     assert model.tokenizer.decode(examples[0].completion_ids) == "The sky is blue." + END
 
@@ -166,7 +167,7 @@ def test_registry_file_with_column_mapping_and_weighted_mixing(model, tmp_path):
                                 "assistant_tag": "assistant"}}}))
     data_cfg = cfg(tmp_path, train=["medqa_train", "xray_train"], dataset_info=str(tmp_path / "dataset_info.json"),
                    weights={"medqa_train": 0.5, "xray_train": 2.0})
-    train, _, _, _ = load_data(model, data_cfg)
+    train, _, _, _ = load_data(model.tokenisation_spec(), data_cfg)
     images = [e for e in train if e.media]
     assert len(train) == 2 + 4 and len(images) == 4  # 0.5 x 4 question pairs, 2 x 2 x-ray conversations
     assert len({e.where for e in train}) == len(train)  # repeated records stay distinguishable

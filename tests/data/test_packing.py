@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from mmadapt.config import DataConfig, load_run
+from mmadapt.config import DataConfig
+from mmadapt.run_config import load_run
 from mmadapt.data.packing import PackedCollator, first_fit
 
 
@@ -40,8 +41,8 @@ def test_packed_losses_equal_unpacked(make_model_config, image_files, tmp_path, 
             record["image"] = image_files[i].name
         records.append(record)
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    examples = ExampleBuilder(model, DataConfig(), tmp_path / "d.jsonl").build(read_records(str(tmp_path / "d.jsonl")))
-    packed = PackedCollator(model, max_length=96)(examples)
+    examples = ExampleBuilder(model.tokenisation_spec(), DataConfig(), tmp_path / "d.jsonl").build(read_records(str(tmp_path / "d.jsonl")))
+    packed = PackedCollator(model.tokenisation_spec(), max_length=96)(examples)
     assert packed["input_ids"].shape[0] < len(examples)  # several samples share a row
     with torch.no_grad():
         logits = model(input_ids=packed["input_ids"], media=packed.get("media"), position_ids=packed["position_ids"],
@@ -53,7 +54,7 @@ def test_packed_losses_equal_unpacked(make_model_config, image_files, tmp_path, 
                            for r in range(len(nll)) for k in segment[r][mask[r]].unique().tolist())
     single = []
     for example in examples:
-        batch = ConversationCollator(model)([example])
+        batch = ConversationCollator(model.tokenisation_spec())([example])
         with torch.no_grad():
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], media=batch.get("media")).logits
         n, m = per_token_nll(out, batch["labels"])

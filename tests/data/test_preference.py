@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mmadapt.config import DataConfig
-from mmadapt.data.preference import KTOCollator, PreferenceCollator, read_kto_records, read_preference_records
+from mmadapt.data.loading import load_kto, load_preference
+from mmadapt.data.preference import KTOCollator, PreferenceCollator
 from mmadapt.data.templates import render
 from mmadapt.errors import DataError
 from mmadapt.model import MultimodalLM
@@ -47,9 +48,9 @@ GOOD = {"prompt": "what is the capital of france", "chosen": "paris", "rejected"
 def test_pairs_share_the_prompt_and_supervise_only_completions(model, tmp_path):
     path = write(tmp_path / "p.jsonl", [GOOD, {"prompt": "what is the capital of italy", "chosen": "rome",
                                                "rejected": "paris and lyon"}])
-    examples, stats = read_preference_records(path, model, cfg(), "data_train")
+    examples, stats = load_preference(path, model.tokenisation_spec(), cfg(), "data_train")
     assert stats == {"data_train_examples": 2.0}
-    batch = PreferenceCollator(model)(examples)
+    batch = PreferenceCollator(model.tokenisation_spec())(examples)
     assert batch["input_ids"].shape[0] == 4 and batch["ids"] == [f"{path}:1", f"{path}:2"]
     tok = model.tokenizer
     for row, (example, completion) in enumerate([(examples[0], "paris"), (examples[1], "rome"),
@@ -71,7 +72,7 @@ def test_multi_turn_prompt_and_conversational_completion(model, tmp_path):
         {"prompt": turns, "chosen": "rome", "rejected": "lyon"},
         {"prompt": turns, "chosen": [{"role": "assistant", "content": "rome"}], "rejected": "lyon"},
     ])
-    examples, _ = read_preference_records(path, model, cfg(), "d")
+    examples, _ = load_preference(path, model.tokenisation_spec(), cfg(), "d")
     messages = [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]} for t in turns]
     expected = model.tokenizer(render(model.tokenizer, messages, add_generation_prompt=True),
                                add_special_tokens=False)["input_ids"]
@@ -89,10 +90,10 @@ def test_media_once_per_pair_with_expanded_placeholders(tokenizer_dir, tmp_path)
         {"prompt": "<image>\ndescribe image", "image": "a.png", "chosen": "red", "rejected": "blue"},
         {"prompt": "<image>\ncolour", "image": "b.png", "chosen": "red", "rejected": "sky"},
     ])
-    examples, _ = read_preference_records(path, model, cfg(), "d")
+    examples, _ = load_preference(path, model.tokenisation_spec(), cfg(), "d")
     n_tokens = model.num_media_tokens("image")
     assert examples[0].media == {"image": [tmp_path / "a.png"]}  # relative to the data file
-    batch = PreferenceCollator(model)(examples)
+    batch = PreferenceCollator(model.tokenisation_spec())(examples)
     assert batch["media"]["image"].shape == (2, 3, 32, 32)  # once per pair, not per row
     placeholders = (batch["input_ids"] == model.placeholder_id("image")).sum(dim=1)
     assert placeholders.tolist() == [n_tokens] * 4  # every row (chosen and rejected) carries its pair's positions
@@ -112,7 +113,7 @@ def test_media_once_per_pair_with_expanded_placeholders(tokenizer_dir, tmp_path)
 def test_bad_pairs_name_file_and_line(model, tmp_path, record, message):
     path = write(tmp_path / "bad.jsonl", [GOOD, record])
     with pytest.raises(DataError, match=message) as info:
-        read_preference_records(path, model, cfg(), "d")
+        load_preference(path, model.tokenisation_spec(), cfg(), "d")
     assert f"{path}:2" in str(info.value)
 
 
@@ -120,7 +121,7 @@ def test_placeholder_count_must_match_media(tokenizer_dir, tmp_path):
     model = make_model(tokenizer_dir, vision=True)
     path = write(tmp_path / "mm.jsonl", [{**GOOD, "image": "a.png"}])
     with pytest.raises(DataError, match=rf"{path}:1: 0 <image> placeholder\(s\) in the prompt but 1 image"):
-        read_preference_records(path, model, cfg(), "d")
+        load_preference(path, model.tokenisation_spec(), cfg(), "d")
 
 
 def test_undecodable_image_is_reported_before_training(tokenizer_dir, tmp_path):
@@ -128,12 +129,12 @@ def test_undecodable_image_is_reported_before_training(tokenizer_dir, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     path = write(tmp_path / "mm.jsonl", [{**GOOD, "prompt": "<image>\ndescribe image", "image": "broken.png"}])
     with pytest.raises(DataError, match=rf"{path}:1: .*broken.png"):
-        read_preference_records(path, model, cfg(), "d")
+        load_preference(path, model.tokenisation_spec(), cfg(), "d")
 
 
 def test_skip_bad_samples_counts_them(model, tmp_path):
     path = write(tmp_path / "p.jsonl", [GOOD, {**GOOD, "rejected": "paris"}, GOOD])
-    examples, stats = read_preference_records(path, model, cfg(skip_bad_samples=True), "data_train")
+    examples, stats = load_preference(path, model.tokenisation_spec(), cfg(skip_bad_samples=True), "data_train")
     assert len(examples) == 2 and stats == {"data_train_examples": 2.0, "data_train_skipped_bad": 1.0}
 
 
@@ -143,14 +144,14 @@ def test_prompts_truncated_away_are_dropped_and_counted(model, tmp_path, caplog)
                                         {**GOOD, "chosen": "paris paris paris paris paris paris paris paris",
                                          "rejected": "paris paris paris paris paris paris paris paris lyon"}])
     caplog.set_level("WARNING")
-    examples, stats = read_preference_records(path, model, cfg(max_length=16), "data_train")
+    examples, stats = load_preference(path, model.tokenisation_spec(), cfg(max_length=16), "data_train")
     assert stats["data_train_dropped_prompt_too_long"] == 1.0
     assert stats["data_train_dropped_identical_after_truncation"] == 1.0  # only the extra "lyon" told them apart
     assert [e.where for e in examples] == [f"{path}:1"]
     assert f"{path}:2: dropped, the prompt" in caplog.text
     with pytest.raises(DataError, match="no usable examples"):
-        read_preference_records(write(tmp_path / "q.jsonl", [{**GOOD, "prompt": long_prompt}]), model,
-                                cfg(max_length=16), "d")
+        load_preference(write(tmp_path / "q.jsonl", [{**GOOD, "prompt": long_prompt}]), model.tokenisation_spec(),
+                        cfg(max_length=16), "d")
 
 
 def test_kto_samples_and_mismatched_kl_rows(model, tmp_path):
@@ -159,13 +160,13 @@ def test_kto_samples_and_mismatched_kl_rows(model, tmp_path):
         {"prompt": "what is the capital of france", "completion": "lyon", "label": False},
         {"prompt": "what is the capital of italy", "completion": "rome", "label": True},
     ])
-    examples, stats = read_kto_records(path, model, cfg(format="kto"), "data_train")
+    examples, stats = load_kto(path, model.tokenisation_spec(), cfg(format="kto"), "data_train")
     assert stats == {"data_train_desirable": 2.0, "data_train_undesirable": 1.0, "data_train_examples": 3.0}
     # Each KL row takes the completion of the next sample with a *different* prompt.
     assert examples[0].kl_completion_ids == examples[2].completion_ids
     assert examples[1].kl_completion_ids == examples[2].completion_ids
     assert examples[2].kl_completion_ids == examples[0].completion_ids
-    batch = KTOCollator(model)(examples)
+    batch = KTOCollator(model.tokenisation_spec())(examples)
     assert batch["desirable"].tolist() == [True, False, True]
     assert batch["input_ids"].shape[0] == 6
     kl_row = batch["completion_labels"][3]
@@ -180,7 +181,7 @@ def test_kto_samples_and_mismatched_kl_rows(model, tmp_path):
 def test_bad_kto_samples(model, tmp_path, record, message):
     path = write(tmp_path / "k.jsonl", [record])
     with pytest.raises(DataError, match=message) as info:
-        read_kto_records(path, model, cfg(format="kto"), "d")
+        load_kto(path, model.tokenisation_spec(), cfg(format="kto"), "d")
     assert f"{path}:1" in str(info.value)
 
 
@@ -189,7 +190,7 @@ def test_load_data_picks_the_preference_reader_and_collator(model, tmp_path):
 
     train = write(tmp_path / "train.jsonl", [GOOD])
     evaluation = write(tmp_path / "eval.jsonl", [GOOD, GOOD])
-    train_data, eval_data, collator, stats = load_data(model, cfg(train=train, eval=evaluation))
+    train_data, eval_data, collator, stats = load_data(model.tokenisation_spec(), cfg(train=train, eval=evaluation))
     assert isinstance(collator, PreferenceCollator) and len(train_data) == 1 and len(eval_data) == 2
     assert stats == {"data_train_examples": 1.0, "data_eval_examples": 2.0}
     assert torch.equal(collator(train_data)["input_ids"][0, : len(train_data[0].prompt_ids)],

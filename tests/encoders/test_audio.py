@@ -203,7 +203,7 @@ def test_audio_conversations_train_through_the_core(tmp_path):
     model = MultimodalLM.from_config(from_dict(ModelConfig, {
         "llm": {"config": llm, "tokenizer": str(tmp_path / "tok")},
         "encoders": {"audio": TINY}, "connectors": {"audio": {"name": "linear"}}}))
-    train, _, collator, _ = load_data(model, DataConfig(train=str(tmp_path / "train.jsonl"), max_length=64))
+    train, _, collator, _ = load_data(model.tokenisation_spec(), DataConfig(train=str(tmp_path / "train.jsonl"), max_length=64))
     batch = collator(train[:4])
     assert batch["media"]["audio"].shape == (4, 1, 16, 50)
     assert int((batch["input_ids"] == model.placeholder_id("audio")).sum()) == 4 * model.num_media_tokens("audio")
@@ -222,4 +222,4 @@ def test_audio_conversations_train_through_the_core(tmp_path):
     bad = {**records[0], "audio": "bad.wav"}
     (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(DataError, match=r"bad\.jsonl:1.*bad\.wav"):
-        load_data(model, DataConfig(train=str(tmp_path / "bad.jsonl"), max_length=64))
+        load_data(model.tokenisation_spec(), DataConfig(train=str(tmp_path / "bad.jsonl"), max_length=64))

@@ -69,11 +69,11 @@ def mmadapt_logits(model, conversations):
     from mmadapt.data.conversations import ExampleBuilder
 
     root, records = conversations
-    builder = ExampleBuilder(model, DataConfig(max_length=256), root / "data.jsonl")
+    builder = ExampleBuilder(model.tokenisation_spec(), DataConfig(max_length=256), root / "data.jsonl")
     model.eval()
     result = []
     for i, record in enumerate(records):
-        batch = ConversationCollator(model)(builder.build([(f"line {i}", record)]))
+        batch = ConversationCollator(model.tokenisation_spec())(builder.build([(f"line {i}", record)]))
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            media=batch.get("media")).logits

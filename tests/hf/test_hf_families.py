@@ -79,7 +79,7 @@ def test_logits_equal_the_hf_class_forward(checkpoints, images, tmp_path, family
     (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
     model = load_model(checkpoints(family)).eval()
     builder = ProcessedExampleBuilder(model.processor, DataConfig(max_length=4096), tmp_path / "data.jsonl")
-    batch = ConversationCollator(model)(builder.build(read_records(str(tmp_path / "data.jsonl"))))
+    batch = ConversationCollator(model.tokenisation_spec())(builder.build(read_records(str(tmp_path / "data.jsonl"))))
 
     hf = AutoModelForImageTextToText.from_pretrained(str(checkpoints(family))).eval()
     from transformers import AutoProcessor
@@ -112,7 +112,7 @@ def family_data(images, tmp_path_factory):
 
 
 def _run(checkpoint, data_dir, out, **extra):
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.train.run import train
 
     config = {"seed": 0, "output_dir": str(out), "model": {"vlm": {"name_or_path": str(checkpoint)}},

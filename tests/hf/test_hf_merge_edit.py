@@ -4,7 +4,7 @@ import pytest
 import torch
 from hf_helpers import run_config
 
-from mmadapt.config import load_run
+from mmadapt.run_config import load_run
 
 
 @pytest.fixture(scope="module")

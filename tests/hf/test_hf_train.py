@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mmadapt.config import load_run
+from mmadapt.run_config import load_run
 from mmadapt.errors import ConfigError
 from hf_helpers import run_config
 
@@ -32,7 +32,7 @@ def a_batch(model, colour_data):
     from mmadapt.hf.processing import ProcessedExampleBuilder
 
     builder = ProcessedExampleBuilder(model.processor, DataConfig(), colour_data / "train.jsonl")
-    return ConversationCollator(model)(builder.build(read_records(str(colour_data / "train.jsonl"))[:3]))
+    return ConversationCollator(model.tokenisation_spec())(builder.build(read_records(str(colour_data / "train.jsonl"))[:3]))
 
 
 def test_labels_cover_assistant_replies_only(llava_dir, colour_data):
@@ -185,11 +185,11 @@ def test_preference_objectives_train_an_hf_vlm(llava_dir, preference_data, tmp_p
 
 def test_preference_prompt_ids_are_the_processors(llava_dir, preference_data):
     from mmadapt.config import DataConfig
-    from mmadapt.data.preference import read_preference_records
+    from mmadapt.data.loading import load_preference
     from mmadapt.factory import load_model
 
     model = load_model(llava_dir)
-    examples, _ = read_preference_records(str(preference_data / "pairs.jsonl"), model, DataConfig(format="preference"),
+    examples, _ = load_preference(str(preference_data / "pairs.jsonl"), model.tokenisation_spec(), DataConfig(format="preference"),
                                           "data_train")
     image_id = model.tokenizer.convert_tokens_to_ids("<image>")
     assert examples[0].prompt_ids.count(image_id) == 4

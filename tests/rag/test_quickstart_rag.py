@@ -109,7 +109,7 @@ def test_eval_facts_cannot_be_memorised_from_training(world):
 
 
 def test_run_config_is_a_valid_run(tmp_path):
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
 
     config = load_run(run_config(tmp_path, seed=0, epochs=1.0))
     assert config.data.train == str(tmp_path / "data" / "train.jsonl")

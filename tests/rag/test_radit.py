@@ -132,9 +132,10 @@ def test_data_retrieval_config_errors(index, tmp_path, tokenizer_dir):
     for retrieval, message in cases:
         data = DataConfig(train=str(qa_file), retrieval=retrieval)
         with pytest.raises(ConfigError, match=message):
-            load_retrieval_conversations(str(qa_file), model, data, "data_train")
+            load_retrieval_conversations(str(qa_file), model.tokenisation_spec(), data, "data_train")
     examples, stats = load_retrieval_conversations(
-        str(qa_file), model, DataConfig(train=str(qa_file), retrieval={"index": str(index.path), "repeats": 3}), "data_train")
+        str(qa_file), model.tokenisation_spec(),
+        DataConfig(train=str(qa_file), retrieval={"index": str(index.path), "repeats": 3}), "data_train")
     assert len(examples) == 6 and stats["data_train_examples"] == 6.0
 
 
@@ -146,7 +147,7 @@ def test_multimodal_records_become_examples_with_their_image(index, tmp_path, im
     qa_file = tmp_path / "qa.jsonl"
     qa_file.write_text("".join(json.dumps(r) + "\n" for _, r in qa(FACTS[:2], image=str(image_files[0]))))
     data = DataConfig(train=str(qa_file), retrieval={"index": str(index.path), "k": 1, "distractors": 1})
-    examples, _ = load_retrieval_conversations(str(qa_file), model, data, "data_train")
+    examples, _ = load_retrieval_conversations(str(qa_file), model.tokenisation_spec(), data, "data_train")
     assert len(examples) == 2 and all(e.media["image"] == [image_files[0]] for e in examples)
     placeholder = model.placeholder_id("image")
     assert all(e.input_ids.count(placeholder) == model.num_media_tokens("image") for e in examples)
@@ -154,7 +155,7 @@ def test_multimodal_records_become_examples_with_their_image(index, tmp_path, im
 
 def test_training_through_data_retrieval_lowers_the_loss(index, tmp_path):
     """End to end: a run config with data.retrieval trains a tiny LM on RA-DIT conversations with the core trainer."""
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.quickstart.tokenizer import train_word_tokenizer
     from mmadapt.train.run import train
 

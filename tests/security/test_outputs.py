@@ -16,7 +16,7 @@ from security_helpers import edited_checkpoint, files_of
 from safetensors.torch import load_file
 
 from mmadapt.cli import main
-from mmadapt.config import load_run
+from mmadapt.run_config import load_run
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.io import atomic_directory, atomic_write_json, clean_stale, writer_lock
 from mmadapt.lineage import verify

@@ -65,7 +65,7 @@ def test_a_garbage_edit_record_is_a_data_error(hf_model, tmp_path, garbage):
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", ".hidden", "..", "x" * 101])
 def test_stage_names_are_single_folders_inside_output_dir(run_config, tmp_path, name):
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
 
     raw = {**run_config(tmp_path / "run"), "stages": [{"name": name}]}
     with pytest.raises(ConfigError, match="stages\\[0\\]"):

@@ -83,7 +83,7 @@ def text_model(tmp_path_factory):
 
 
 def test_run_config_loader_property(tmp_path_factory):
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
 
     base = (Path(__file__).resolve().parents[2] / "mmadapt/quickstart/configs/vlm.yaml").read_bytes()
     results = mutated_outcomes(tmp_path_factory.mktemp("cfg") / "run.yaml", base, load_run, max_ops=4)
@@ -115,8 +115,8 @@ def test_data_loaders_property(tmp_path_factory, text_model, fmt):
     path = folder / "train.jsonl"
     path.write_bytes(base)
     cfg = from_dict(DataConfig, {"train": str(path), "format": fmt, "max_length": 32})
-    assert outcome(lambda: load_data(model, cfg)) == "ok"  # the unmutated file loads
-    results = mutated_outcomes(path, base, lambda _path: load_data(model, cfg))
+    assert outcome(lambda: load_data(model.tokenisation_spec(), cfg)) == "ok"  # the unmutated file loads
+    results = mutated_outcomes(path, base, lambda _path: load_data(model.tokenisation_spec(), cfg))
     assert len(results) >= 50 and "refused" in results
 
 
@@ -130,7 +130,7 @@ def test_edit_requests_property(tmp_path_factory):
 
 def test_python_tags_in_a_config_construct_nothing(tmp_path):
     """`!!python/...` tags (which the mutations above insert) are refused by the safe loader, as ConfigError."""
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
 
     marker = tmp_path / "pwned"
     path = tmp_path / "run.yaml"

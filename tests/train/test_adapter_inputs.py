@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mmadapt.config import load_run
+from mmadapt.run_config import load_run
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ refusals (fsdp on a CPU launch, fsdp with QLoRA on CPU, a bad DeepSpeed file) â€
 
 import pytest
 
-from mmadapt.config import load_run
+from mmadapt.run_config import load_run
 from mmadapt.errors import ConfigError
 from mmadapt.train.distributed import check_distributed, read_deepspeed_config, training_kwargs, wrap_classes
 from tests.core.test_train import run_config

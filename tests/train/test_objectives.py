@@ -9,7 +9,8 @@ import torch
 
 from mmadapt import registry
 from mmadapt.config import DataConfig, PeftConfig
-from mmadapt.data.preference import KTOCollator, PreferenceCollator, read_kto_records, read_preference_records
+from mmadapt.data.loading import load_kto, load_preference
+from mmadapt.data.preference import KTOCollator, PreferenceCollator
 from mmadapt.errors import ConfigError
 from mmadapt.train.objectives.dpo import dpo_loss, ipo_loss
 from mmadapt.train.objectives.kto import kto_kl, kto_loss
@@ -109,13 +110,13 @@ def task(tmp_path_factory):
 
 
 def pair_batch(model, task, n=16):
-    examples, _ = read_preference_records(str(task["pairs"]), model, DataConfig(format="preference"), "d")
-    return examples[:n], PreferenceCollator(model)(examples[:n])
+    examples, _ = load_preference(str(task["pairs"]), model.tokenisation_spec(), DataConfig(format="preference"), "d")
+    return examples[:n], PreferenceCollator(model.tokenisation_spec())(examples[:n])
 
 
 def kto_batch(model, task):
-    examples, _ = read_kto_records(str(task["kto"]), model, DataConfig(format="kto"), "d")
-    return examples, KTOCollator(model)(examples)
+    examples, _ = load_kto(str(task["kto"]), model.tokenisation_spec(), DataConfig(format="kto"), "d")
+    return examples, KTOCollator(model.tokenisation_spec())(examples)
 
 
 # ----------------------------------------------------------------------------- the shared forward
@@ -137,8 +138,8 @@ def test_media_encoded_once_per_pair_and_logps_match(task, tmp_path):
     write_jsonl(tmp_path / "mm.jsonl", [
         {"prompt": f"<image>\nwhat colour is the {obj} ?", "image": name, "chosen": "red .", "rejected": "blue ."}
         for obj, name in zip(["apple", "plum", "kiwi"], names)])
-    examples, _ = read_preference_records(str(tmp_path / "mm.jsonl"), model, DataConfig(format="preference"), "d")
-    batch = PreferenceCollator(model)(examples)
+    examples, _ = load_preference(str(tmp_path / "mm.jsonl"), model.tokenisation_spec(), DataConfig(format="preference"), "d")
+    batch = PreferenceCollator(model.tokenisation_spec())(examples)
     assert batch["media"]["image"].shape[0] == 3  # one item per pair, not per row
     calls = []
     handle = model.encoders["image"].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
@@ -161,8 +162,8 @@ def test_ddp_wrapped_model_goes_through_its_forward(task, tmp_path):
     names = write_images(tmp_path, 2)
     write_jsonl(tmp_path / "mm.jsonl", [{"prompt": "<image>\nwhat colour is the apple ?", "image": name,
                                          "chosen": "red .", "rejected": f"{c} ."} for name, c in zip(names, ["blue", "lime"])])
-    examples, _ = read_preference_records(str(tmp_path / "mm.jsonl"), model, DataConfig(format="preference"), "d")
-    batch = PreferenceCollator(model)(examples)
+    examples, _ = load_preference(str(tmp_path / "mm.jsonl"), model.tokenisation_spec(), DataConfig(format="preference"), "d")
+    batch = PreferenceCollator(model.tokenisation_spec())(examples)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         wrapped = DistributedDataParallel(model)
@@ -226,8 +227,9 @@ def test_precomputed_reference_names_missing_samples(task):
     model = build_model(text_model_spec(task["tok"]))
     examples, batch = pair_batch(model, task)
     dpo = registry.build("objective", {"name": "dpo", "reference": "precomputed"})
-    dpo.prepare(model, examples[:4])
-    dpo.loss(model, PreferenceCollator(model)(examples[:4]))
+    collator = PreferenceCollator(model.tokenisation_spec())
+    dpo.prepare(model, examples[:4], collator)
+    dpo.loss(model, collator(examples[:4]))
     with pytest.raises(ConfigError, match="precomputed has no reference log-probs"):
         dpo.loss(model, batch)
 
@@ -311,7 +313,7 @@ def test_through_the_trainer(task, tmp_path, objective, fmt):
     """The one trainer runs the objective: its collator, prepare() over train + eval, metrics in metrics.json."""
     import json
 
-    from mmadapt.config import load_run
+    from mmadapt.run_config import load_run
     from mmadapt.train.run import train
 
     data = str(task["kto"] if fmt == "kto" else task["pairs"])

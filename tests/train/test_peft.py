@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
-from mmadapt.config import PeftConfig, load_run
+from mmadapt.config import PeftConfig
+from mmadapt.run_config import load_run
 from mmadapt.errors import ConfigError
+from mmadapt.adapters import adapters_disabled, merged_state_dict
 from mmadapt.export import export
-from mmadapt.train.peft import adapters_disabled, apply_peft, merged_state_dict
+from mmadapt.train.peft import apply_peft
 from pref_utils import build_model, colour_pairs, make_tokenizer, text_model_spec, vision_model_spec, write_jsonl
 
 

@@ -62,7 +62,7 @@ def test_text_sft_loss_is_the_shifted_mean(tok, tmp_path):
     torch.manual_seed(0)
     model = build_model(text_model_spec(tok))
     records = [{"text": "the apple is red ."}, {"text": "what colour is the lime ? the lime is green ."}]
-    train, _, collator, _ = load_data(model, _data(tmp_path, "text", records))
+    train, _, collator, _ = load_data(model.tokenisation_spec(), _data(tmp_path, "text", records))
     batch = collator(train)
     assert (batch["labels"][:, 0] != -100).all()  # text: position 0 carries a label no position predicts
     expected = hand_shifted_mean(model, batch)
@@ -83,7 +83,7 @@ def test_multimodal_sft_loss_is_the_shifted_mean(tok, tmp_path):
                                                         {"from": "gpt", "value": "the plum is purple ."}]},
                {"images": [names[1]], "conversations": [{"from": "human", "value": "what colour is the kiwi ? <image>"},
                                                         {"from": "gpt", "value": "green ."}]}]
-    train, _, collator, _ = load_data(model, _data(tmp_path, "conversations", records))
+    train, _, collator, _ = load_data(model.tokenisation_spec(), _data(tmp_path, "conversations", records))
     batch = collator(train)
     assert batch.get("media")
     expected = hand_shifted_mean(model, batch)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.errors import DataError
+from mmadapt.io import atomic_write_bytes
 
 DEFAULT_CACHE = "~/.cache/mmadapt/media"
 _MAGIC = [(b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"GIF8", "gif"), (b"RIFF", "wav"), (b"fLaC", "flac"),
@@ -30,8 +31,6 @@ def _extension(data: bytes, hint: str | None) -> str:
 
 def cached_file(data: bytes, cache: Path, hint: str | None = None) -> Path:
     """`data` as a file in `cache` named by its SHA-256 (written atomically once; the same bytes reuse it)."""
-    from mmadapt.io import atomic_write_bytes
-
     path = cache.expanduser() / f"{hashlib.sha256(data).hexdigest()}.{_extension(data, hint)}"
     if not path.is_file():
         atomic_write_bytes(path, data)

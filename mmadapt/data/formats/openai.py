@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from mmadapt.data.formats.base import MEDIA_KEYS, Context, RecordFormat, completion_of, media_fields
-from mmadapt.model import PLACEHOLDERS
+from mmadapt.data.formats.sharegpt import TOOLS_INTRO
+from mmadapt.data.tokenisation import PLACEHOLDERS
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 _PART_MODALITY = {"image_url": "image", "image": "image", "input_audio": "audio", "audio": "audio",
@@ -90,8 +91,6 @@ def _conversation(record: dict[str, Any], ctx: Context) -> dict[str, Any]:
     media = _Media(record, ctx)
     messages = _messages(record.get("messages"), media, ctx, "messages")
     if record.get("tools"):
-        from mmadapt.data.formats.sharegpt import TOOLS_INTRO
-
         tools = json.dumps(record["tools"], ensure_ascii=False)
         if messages[0]["role"] == "system":
             messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{TOOLS_INTRO}\n{tools}"}

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmadapt.config import read_yaml
+from mmadapt.data.records import read_records
 from mmadapt.errors import ConfigError, DataError
 
 RECORD_SUFFIXES = (".json", ".jsonl")
@@ -48,8 +50,6 @@ def read_registry(path: str | Path) -> dict[str, Source]:
     if not path.is_file():
         raise ConfigError(f"data.dataset_info: file not found: {path}")
     if path.suffix in (".yaml", ".yml"):
-        from mmadapt.config import read_yaml
-
         entries = read_yaml(path)
     else:
         import json
@@ -107,8 +107,6 @@ def _table_rows(path: Path, split: str) -> list[tuple[str, dict[str, Any]]]:
 
 def read_rows(source: Source) -> list[tuple[str, dict[str, Any]]]:
     """[(where, raw record)] of one source, every record an object."""
-    from mmadapt.data.records import read_records
-
     path = source.path
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from mmadapt.data.tokenisation import IGNORE_INDEX
 
 
 def shifted_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -13,11 +12,17 @@ def shifted_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 
     logits [B, T, V], labels [B, T] (IGNORE_INDEX where unsupervised) -> (logps [B, T-1], mask [B, T-1] bool).
     """
-    logits = logits[:, :-1].float()  # position t predicts token t+1
-    targets = labels[:, 1:]
+    return target_logps(logits[:, :-1], labels[:, 1:])  # position t predicts token t+1
+
+
+def target_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log p(target) position by position and its mask: logits [B, K, V] score targets [B, K] (already aligned,
+    e.g. the positions HF's `logits_to_keep` kept) -> (logps [B, K] zero where masked, mask [B, K] bool)."""
+    logits = logits.float()
     mask = targets != IGNORE_INDEX
     safe = targets.masked_fill(~mask, 0)
-    logps = -F.cross_entropy(logits.transpose(1, 2), safe, reduction="none")  # [B, T-1]
+    # log_softmax gathered at the target, without materialising a second [B, K, V] tensor
+    logps = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [B, K]
     return logps * mask, mask
 
 

@@ -16,12 +16,14 @@ tokens: TRL's `rewards/chosen` and `rewards/rejected` (tests/train/test_trl_equa
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from mmadapt.interfaces import Collator
 from mmadapt.train.objectives.logprobs import Completions, pair_logps
 from mmadapt.train.objectives.reference import build_reference
 
@@ -136,29 +138,59 @@ def _pair_sums(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.T
     return chosen.logps, rejected.logps
 
 
-class _ReferencedPairObjective:
-    """Shared plumbing of the pairwise objectives that compare against a reference model."""
+class PairObjective:
+    """What every objective on preference pairs shares: its data format and its config."""
 
     data_formats = ("preference",)
-    config: Any
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+
+def add_chosen_nll(loss: torch.Tensor, metrics: dict[str, float], chosen: Completions, weight: float) -> torch.Tensor:
+    """`loss + weight * NLL(chosen)` (RPO's SFT term; nothing when weight is 0), logging the NLL as `nll_chosen`."""
+    if weight <= 0:
+        return loss
+    nll = chosen_nll(chosen)
+    metrics["nll_chosen"] = nll.item()
+    return loss + weight * nll
+
+
+class _ReferencedPairObjective(PairObjective, abc.ABC):
+    """Pairwise objectives that compare against a reference model: `pair_losses` is each one's math."""
+
+    sft_weight = 0.0  # weight of the chosen completion's NLL added to the loss (RPO)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
         self.reference: Any = None
 
-    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Any = None) -> None:
-        """Build the reference (a copy, adapters off, or log-probs precomputed over `records` with `collator`)."""
-        if collator is None and records is not None:
-            from mmadapt.data.preference import PreferenceCollator
-
-            collator = PreferenceCollator(model)
+    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Collator | None = None) -> None:
+        """Build the reference (a copy, adapters off, or log-probs precomputed over `records` batched by the run's
+        `collator`)."""
         self.reference = build_reference(self.config.reference, model, _pair_sums, records, collator)
 
-    def reference_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def policy_and_reference(self, model: torch.nn.Module, batch: dict[str, Any]
+                             ) -> tuple[Completions, Completions, torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) under the policy, then their summed log-probs under the reference."""
+        chosen, rejected = pair_logps(model, batch)
         if self.reference is None:  # not prepared: the model right now (before the first update) is the reference
             self.prepare(model)
         ref_chosen, ref_rejected = self.reference(model, batch, _pair_sums)
-        return ref_chosen, ref_rejected
+        return chosen, rejected, ref_chosen, ref_rejected
+
+    @abc.abstractmethod
+    def pair_losses(self, chosen: Completions, rejected: Completions, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-pair losses [B], chosen rewards [B], rejected rewards [B]) from policy and reference log-probs."""
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected, ref_chosen, ref_rejected = self.policy_and_reference(model, batch)
+        losses, chosen_rewards, rejected_rewards = self.pair_losses(chosen, rejected, ref_chosen, ref_rejected)
+        metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
+        return add_chosen_nll(losses.mean(), metrics, chosen, self.sft_weight), metrics
 
 
 class DPOObjective(_ReferencedPairObjective):
@@ -166,22 +198,14 @@ class DPOObjective(_ReferencedPairObjective):
 
     config_class = DPOConfig
 
-    def loss(
-        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected = pair_logps(model, batch)
-        ref_chosen, ref_rejected = self.reference_logps(model, batch)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta, self.config.label_smoothing,
-            self.config.loss_type,
-        )
-        loss = losses.mean()
-        metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
-        if self.config.sft_weight > 0:
-            nll = chosen_nll(chosen)
-            loss = loss + self.config.sft_weight * nll
-            metrics["nll_chosen"] = nll.item()
-        return loss, metrics
+    @property
+    def sft_weight(self) -> float:
+        return self.config.sft_weight
+
+    def pair_losses(self, chosen: Completions, rejected: Completions, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return dpo_loss(chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.beta,
+                        self.config.label_smoothing, self.config.loss_type)
 
 
 class IPOObjective(_ReferencedPairObjective):
@@ -189,14 +213,8 @@ class IPOObjective(_ReferencedPairObjective):
 
     config_class = IPOConfig
 
-    def loss(
-        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected = pair_logps(model, batch)
-        ref_chosen, ref_rejected = self.reference_logps(model, batch)
+    def pair_losses(self, chosen: Completions, rejected: Completions, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # the same token counts normalise policy and reference; the logged rewards stay summed (as TRL's)
         tokens = (chosen.tokens, rejected.tokens) if self.config.length_normalize else (None, None)
-        losses, chosen_rewards, rejected_rewards = ipo_loss(
-            chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.tau, *tokens
-        )
-        return losses.mean(), preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
+        return ipo_loss(chosen.logps, rejected.logps, ref_chosen, ref_rejected, self.config.tau, *tokens)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mmadapt.interfaces import Collator
 from mmadapt.train.objectives.dpo import ReferenceStrategy
 from mmadapt.train.objectives.logprobs import kto_logps
 from mmadapt.train.objectives.reference import build_reference
@@ -74,12 +75,9 @@ class KTOObjective:
         completion, kl = kto_logps(model, batch, with_kl=self.config.kl_estimate)
         return (completion.logps,) if kl is None else (completion.logps, kl.logps)
 
-    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Any = None) -> None:
-        """Build the reference (a copy, adapters off, or log-probs precomputed over `records` with `collator`)."""
-        if collator is None and records is not None:
-            from mmadapt.data.preference import KTOCollator
-
-            collator = KTOCollator(model)
+    def prepare(self, model: torch.nn.Module, records: list[Any] | None = None, collator: Collator | None = None) -> None:
+        """Build the reference (a copy, adapters off, or log-probs precomputed over `records` batched by the run's
+        `collator`)."""
         self.reference = build_reference(self.config.reference, model, self._sums, records, collator)
 
     def loss(

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from mmadapt.data.tokenisation import IGNORE_INDEX
+from mmadapt.train.objectives.base import shifted_token_logps, target_logps
 
 
 @dataclass
@@ -25,28 +26,23 @@ class Completions:
     logps: torch.Tensor  # [N] sum of log p(token) over the completion
     tokens: torch.Tensor  # [N] number of completion tokens
 
+    @classmethod
+    def of(cls, token_logps: torch.Tensor, mask: torch.Tensor) -> "Completions":
+        """Row sums of per-token log-probs [N, K] (zero where masked) and of their mask."""
+        return cls(token_logps.sum(-1), mask.sum(-1))
+
     @property
     def mean_logps(self) -> torch.Tensor:
         """Length-normalised log-probability (SimPO, ORPO)."""
         return self.logps / self.tokens.clamp(min=1)
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> Completions:
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> Completions:
     """Sum of log p(label) over the supervised positions of each row.
 
     logits [N, L, V], labels [N, L] aligned with the inputs (HF convention: position t predicts t+1).
     """
-    return _target_logps(logits[:, :-1], labels[:, 1:], ignore_index)  # position t scores token t+1
-
-
-def _target_logps(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> Completions:
-    """Sums of log p(target) per row; logits [N, K, V] score targets [N, K] position by position."""
-    logits = logits.float()
-    mask = targets != ignore_index
-    safe = targets.masked_fill(~mask, 0)
-    # log_softmax gathered at the label, without materialising a second [N, K, V] tensor
-    token_logps = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [N, K]
-    return Completions((token_logps * mask).sum(-1), mask.sum(-1))
+    return Completions.of(*shifted_token_logps(logits, labels))
 
 
 def _causal_lm(model: Any) -> Any:
@@ -111,7 +107,7 @@ def group_logps(model: Any, batch: dict[str, Any], groups: int) -> list[Completi
     if keep is None:
         result = sequence_logps(logits, labels)
     else:  # logits[:, j] scores token keep[j] + 1
-        result = _target_logps(logits, labels[:, keep + 1])
+        result = Completions.of(*target_logps(logits, labels[:, keep + 1]))
     return [Completions(result.logps[g * size:(g + 1) * size], result.tokens[g * size:(g + 1) * size])
             for g in range(groups)]
 

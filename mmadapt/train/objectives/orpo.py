@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmadapt.train.objectives.dpo import chosen_nll, preference_metrics
+from mmadapt.train.objectives.dpo import PairObjective, chosen_nll, preference_metrics
 from mmadapt.train.objectives.logprobs import pair_logps
 
 
@@ -46,14 +46,10 @@ class ORPOConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
 
 
-class ORPOObjective:
+class ORPOObjective(PairObjective):
     """ORPO: one loss doing SFT and preference alignment at once."""
 
     config_class = ORPOConfig
-    data_formats = ("preference",)
-
-    def __init__(self, config: ORPOConfig) -> None:
-        self.config = config
 
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from mmadapt.adapters import adapters_disabled, has_adapters, is_adapter_parameter
 from mmadapt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,11 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 def trains_outside_adapters(model: torch.nn.Module) -> list[str]:
     """Names of trainable parameters that are not adapter weights (they would make `adapters_off` drift)."""
-    from mmadapt.train.peft import is_adapter_parameter
-
     return [n for n, p in model.named_parameters() if p.requires_grad and not is_adapter_parameter(n)]
 
 
 def resolve_strategy(strategy: str, model: torch.nn.Module) -> str:
     """Turn `auto` into a concrete strategy and check that `adapters_off` has adapters to switch off."""
-    from mmadapt.train.peft import has_adapters
-
     if strategy not in STRATEGIES:
         raise ConfigError(f"objective.reference: {strategy!r} is not valid; valid: {', '.join(STRATEGIES)}")
     if strategy == "auto":
@@ -97,8 +94,6 @@ class AdaptersOffReference:
     name = "adapters_off"
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, Any], fn: ReferenceFn) -> tuple[torch.Tensor, ...]:
-        from mmadapt.train.peft import adapters_disabled
-
         with torch.no_grad(), adapters_disabled(model), eval_mode(model):
             return tuple(t.detach() for t in fn(model, batch))
 
@@ -114,8 +109,6 @@ class PrecomputedReference:
     def compute(self, model: torch.nn.Module, batches: Iterable[dict[str, Any]], fn: ReferenceFn,
                 total: int | None = None) -> None:
         """Run `fn` over every batch with the model as it is now (the reference) and cache the per-row results."""
-        from mmadapt.train.peft import adapters_disabled
-
         # Adapters are switched off too: a freshly initialised LoRA is a no-op, a loaded one is not the reference.
         with torch.no_grad(), adapters_disabled(model), eval_mode(model):
             for batch in tqdm(batches, total=total, desc="reference log-probs", leave=False):
@@ -161,7 +154,7 @@ def build_reference(
     if strategy == "adapters_off":
         return AdaptersOffReference()
     if records is None or collator is None:
-        raise ConfigError("objective.reference: precomputed needs prepare(model, examples) before training")
+        raise ConfigError("objective.reference: precomputed needs prepare(model, examples, collator) before training")
     reference = PrecomputedReference()
     batches = (collator(records[i : i + batch_size]) for i in range(0, len(records), batch_size))
     reference.compute(model, batches, fn, total=(len(records) + batch_size - 1) // batch_size)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmadapt.train.objectives.dpo import chosen_nll, preference_metrics
+from mmadapt.train.objectives.dpo import PairObjective, add_chosen_nll, preference_metrics
 from mmadapt.train.objectives.logprobs import pair_logps
 
 
@@ -40,14 +40,10 @@ class SimPOConfig:
             raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
 
 
-class SimPOObjective:
+class SimPOObjective(PairObjective):
     """SimPO: no reference model, so no `prepare`."""
 
     config_class = SimPOConfig
-    data_formats = ("preference",)
-
-    def __init__(self, config: SimPOConfig) -> None:
-        self.config = config
 
     def loss(
         self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: Any = None
@@ -56,10 +52,5 @@ class SimPOObjective:
         losses, chosen_rewards, rejected_rewards = simpo_loss(
             chosen.mean_logps, rejected.mean_logps, self.config.beta, self.config.gamma
         )
-        loss = losses.mean()
         metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
-        if self.config.sft_weight > 0:
-            nll = chosen_nll(chosen)
-            loss = loss + self.config.sft_weight * nll
-            metrics["nll_chosen"] = nll.item()
-        return loss, metrics
+        return add_chosen_nll(losses.mean(), metrics, chosen, self.config.sft_weight), metrics
