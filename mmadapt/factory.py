@@ -13,9 +13,8 @@ from mmadapt.errors import ConfigError, MMAdaptError, NotAModelError
 from mmadapt.hf.families import FAMILIES
 from mmadapt.hf.model import HFVisionLM
 from mmadapt.model import MultimodalLM
+from mmadapt.layout import MODEL_CONFIG_FILE
 from mmadapt.peft_names import ADAPTER_CONFIG
-
-MODEL_CONFIG_FILE = "mmadapt_model.yaml"
 
 
 def build_model(config: ModelConfig) -> Any:

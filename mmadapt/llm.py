@@ -13,6 +13,7 @@ from torch import nn
 
 from mmadapt.config import LLMConfig
 from mmadapt.errors import ConfigError, DataError
+from mmadapt.peft_names import ADAPTER_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ def load_llm(llm: LLMConfig, vocab_size: int) -> nn.Module:
     logger.info("model.llm.name_or_path is a peft adapter on %s: continuing it", base)
     return PeftModel.from_pretrained(model, llm.name_or_path, is_trainable=True)
 
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def peft_adapter_base(path: str | Path | None, where: str) -> str | None:

@@ -27,14 +27,11 @@ from mmadapt.io import atomic_write_text, contained_path
 from mmadapt.lineage import check_complete, save_model_dir
 from mmadapt.llm import load_llm, load_tokenizer, read_weights
 from mmadapt.merge.lazy import check_index
+from mmadapt.layout import ADAPTER_DIR, LLM_DIR, MODEL_CONFIG_FILE, MULTIMODAL_WEIGHTS
 from mmadapt.peft_names import wrap_base_layer
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIG_FILE = "mmadapt_model.yaml"
-MULTIMODAL_WEIGHTS = "multimodal.safetensors"
-LLM_DIR = "llm"
-ADAPTER_DIR = "llm_adapter"
 CHECKPOINT_REF = "@checkpoint/"  # encoder spec values under the checkpoint dir (rewritten by reload_spec)
 
 class MultimodalLM(nn.Module):

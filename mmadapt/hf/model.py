@@ -22,11 +22,11 @@ from mmadapt.config import ModelConfig, PeftConfig, VLMConfig, from_dict, to_dic
 from mmadapt.data.tokenisation import TokenisationSpec
 from mmadapt.errors import ConfigError
 from mmadapt.hf.families import Family, family_for
+from mmadapt.layout import MODEL_CONFIG_FILE  # the same marker file as composed checkpoints
 from mmadapt.peft_names import ADAPTER_CONFIG
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIG_FILE = "mmadapt_model.yaml"  # the same marker file as MultimodalLM checkpoints
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
