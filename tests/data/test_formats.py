@@ -50,6 +50,17 @@ def test_llava(model, tmp_path):
     assert example.media["image"] == [tmp_path / "img" / "a.png"]
 
 
+def test_media_of_a_data_file_named_relative_to_the_working_directory(model, tmp_path, monkeypatch):
+    # `mmadapt quickstart` writes runs/quickstart-vlm/data/train.jsonl and names it relative to the cwd
+    png(tmp_path / "runs" / "data" / "img" / "a.png")
+    write_jsonl(tmp_path / "runs" / "data" / "llava.jsonl", [
+        {"id": "1", "image": "img/a.png", "conversations": [{"from": "human", "value": "<image>\nDescribe it."},
+                                                             {"from": "gpt", "value": "A square."}]}])
+    monkeypatch.chdir(tmp_path)
+    (example,) = build(model, "runs/data/llava.jsonl", cfg(tmp_path))
+    assert example.media["image"] == [tmp_path / "runs" / "data" / "img" / "a.png"]
+
+
 def test_sharegpt_system_tools_function_calls_and_images(model, tmp_path, caplog):
     png(tmp_path / "xr.png")
     tools = [{"name": "weather", "parameters": {"city": "string"}}]

@@ -67,4 +67,5 @@ def media_file(value: Any, root: Path, cache: Path, where: str, modality: str) -
     if value.startswith(("http://", "https://")):
         raise DataError(f"{where}: {value[:80]} is a web URL; mmadapt reads local files only (download it first)")
     path = Path(value[len("file://"):] if value.startswith("file://") else value).expanduser()
-    return path if path.is_absolute() else root / path
+    # absolute even when the data file was named relative to the working directory: builders join nothing more
+    return path if path.is_absolute() else (root / path).absolute()
