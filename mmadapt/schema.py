@@ -166,6 +166,9 @@ class TrainingConfig:
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=list)
     dataloader_num_workers: int = 0
+    # deterministic kernels everywhere (TrainingArguments.full_determinism): GPU runs repeat bit for bit and can be
+    # compared across launchers (AdamW turns kernel-order noise in near-zero gradients into full-size steps); slower
+    deterministic: bool = False
     # torch intra-op threads for this run (None: torch's default, one per core). Tiny models train faster on 1:
     # their ops are too small to split, and under load a spinning second thread can slow a step 30-fold.
     threads: int | None = None

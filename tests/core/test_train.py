@@ -140,3 +140,24 @@ def test_feature_cache_gives_the_same_training_and_is_reused(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in entries}
     train(load_run({**cached_cfg, "output_dir": str(tmp_path / "again")}))  # a later stage / run reuses them
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fc").rglob("*.safetensors")} == mtimes
+
+
+def test_deterministic_runs_repeat_bit_for_bit_through_the_cli(tmp_path):
+    """training.deterministic switches on TrainingArguments.full_determinism (deterministic kernels, in its own
+    process: torch.use_deterministic_algorithms is global); two runs then write identical weights."""
+    import yaml
+
+    from mmadapt.train.run import training_arguments
+
+    raw = run_config(tmp_path, max_steps=3, threads=1, deterministic=True)
+    raw["data"].pop("eval")
+    assert training_arguments(load_run(raw), tmp_path / "ckpt", has_eval=False).full_determinism
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for out in ("a", "b"):
+        done = subprocess.run([sys.executable, "-m", "mmadapt.cli", "train", str(path), "--set", f"output_dir={tmp_path / out}"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

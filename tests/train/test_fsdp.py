@@ -24,7 +24,9 @@ LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str
 
 
 def config_file(tmp_path, peft=False, **training):
-    raw = run_config(tmp_path, **{"max_steps": 4, "batch_size": 4, "lr": 3e-3, "threads": 1, **training})
+    # deterministic: on a GPU the two launches are compared bit for bit, not through non-deterministic kernels
+    raw = run_config(tmp_path, **{"max_steps": 4, "batch_size": 4, "lr": 3e-3, "threads": 1, "deterministic": True,
+                                  **training})
     raw["data"].pop("eval")
     if peft:
         raw["peft"] = {"r": 4, "alpha": 8, "dropout": 0.0}
