@@ -3,8 +3,10 @@ optional cross-encoder re-ranking, image queries, and retrieval metrics (recall@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Hashable, Iterable, Literal, Sequence
 
 from mmadapt.errors import ConfigError, DataError
@@ -13,6 +15,8 @@ from mmadapt.rag.meta import Hit
 from mmadapt.rag.store import RagIndex
 
 logger = logging.getLogger(__name__)
+
+RERANK_CALIBRATION = "mmadapt_rerank.json"  # written by `rag tune` beside its reranker: the fusion weight it chose
 
 # FTS5 floors a term's BM25 idf at 1e-6, so a passage matching only words found in half the corpus or more
 # ("the", "in") scores about 0: no lexical evidence. Fused by rank, such a match would still outrank a strong
@@ -31,6 +35,10 @@ class RetrieveConfig:
     rrf_k: int = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
     reranker: str | None = None  # a sentence-transformers CrossEncoder: hub id or local path
     reranker_batch_size: int = 32
+    # How far the cross-encoder's order replaces the first-stage order: final score = weighted reciprocal-rank
+    # fusion, (1 - w) / (rrf_k + first-stage rank) + w / (rrf_k + reranker rank). 1.0: the reranker's order alone;
+    # None: the weight `rag tune` calibrated for that reranker (RERANK_CALIBRATION beside it), else 1.0.
+    rerank_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -39,6 +47,8 @@ class RetrieveConfig:
             raise ConfigError(f"retrieve.candidates must be >= 1, got {self.candidates}")
         if self.mode not in MODES:
             raise ConfigError(f"retrieve.mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.rerank_weight is not None and not 0.0 <= self.rerank_weight <= 1.0:
+            raise ConfigError(f"retrieve.rerank_weight must be in [0, 1], got {self.rerank_weight}")
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) -> list[tuple[Hashable, float]]:
@@ -48,6 +58,29 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) 
         for rank, key in enumerate(ranking, 1):
             scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
     return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def weighted_rank_fusion(first: Sequence[Hashable], second: Sequence[Hashable], weight: float,
+                         k: int = 60) -> list[tuple[Hashable, float]]:
+    """Reciprocal-rank fusion of two rankings of the same items with weights (1 - weight, weight); best first,
+    ties by the first ranking's order."""
+    scores = {key: (1.0 - weight) / (k + rank) for rank, key in enumerate(first, 1)}
+    for rank, key in enumerate(second, 1):
+        scores[key] = scores.get(key, 0.0) + weight / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def calibrated_rerank_weight(reranker: str) -> float:
+    """The fusion weight `rag tune` measured for its reranker on held-out queries; 1.0 for any other cross-encoder."""
+    from mmadapt.io import read_json
+
+    path = Path(reranker) / RERANK_CALIBRATION
+    if not path.is_file():
+        return 1.0
+    weight = read_json(path, "a reranker calibration", ConfigError, expect=dict).get("weight")
+    if not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"{path}: 'weight' must be a number in [0, 1], got {weight!r}")
+    return float(weight)
 
 
 def check_reranker(name: str) -> None:
@@ -86,6 +119,7 @@ class Retriever:
         self.index = index
         self.config = config or RetrieveConfig()
         self._reranker: Any = None
+        self._rerank_weight: float | None = self.config.rerank_weight
 
     @property
     def reranker(self) -> Any:
@@ -155,15 +189,33 @@ class Retriever:
             out.append(Hit(**{**hit.__dict__, "score": float(score)}))
         return out
 
+    def with_rerank_weight(self, weight: float) -> "Retriever":
+        """The same retrieval with another fusion weight, sharing the loaded cross-encoder."""
+        other = Retriever(self.index, dataclasses.replace(self.config, rerank_weight=weight))
+        other._reranker = self._reranker
+        return other
+
+    @property
+    def rerank_weight(self) -> float:
+        if self._rerank_weight is None:
+            self._rerank_weight = calibrated_rerank_weight(self.config.reranker) if self.config.reranker else 1.0
+        return self._rerank_weight
+
     def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
-        """Order by the cross-encoder's score of (query, passage); images keep their place at the end."""
+        """Order by the cross-encoder's score of (query, passage), fused with the first-stage order by
+        `rerank_weight`; images keep their place at the end."""
         texts = [h for h in hits if h.modality == "text"]
-        if not texts:
+        if not texts or self.rerank_weight == 0.0:
             return hits
         scores = self.reranker.predict([(query, h.text) for h in texts], batch_size=self.config.reranker_batch_size,
                                        show_progress_bar=False)
-        ranked = sorted(zip(texts, scores), key=lambda hs: -float(hs[1]))
-        return [Hit(**{**h.__dict__, "score": float(s)}) for h, s in ranked] + [h for h in hits if h.modality != "text"]
+        by_score = sorted(range(len(texts)), key=lambda i: -float(scores[i]))
+        if self.rerank_weight == 1.0:
+            order = [(i, float(scores[i])) for i in by_score]
+        else:
+            order = [(int(i), score) for i, score in weighted_rank_fusion(list(range(len(texts))), by_score,
+                                                                          self.rerank_weight, self.config.rrf_k)]
+        return [Hit(**{**texts[i].__dict__, "score": s}) for i, s in order] + [h for h in hits if h.modality != "text"]
 
 
 def hit_keys(hit: Hit) -> set[str]:

@@ -7,7 +7,8 @@ MultipleNegativesRankingLoss (in-batch negatives plus one hard negative mined wi
 a cross-encoder reranker is trained on the same pairs (positive vs negatives mined with the *tuned* embedder,
 binary cross-entropy with positives weighted by the negatives per positive).
 The tuned embedder then re-embeds the index as a new generation (the old one stays until the new commits).
-A held-out share of the pairs, never trained on, measures recall before and after.
+A held-out share of the pairs, never trained on, measures recall before and after; another share, kept from the
+reranker, calibrates how far its order replaces the first stage's (retrieve.rerank_weight, written beside it).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class TuneConfig:
     reranker_lr: float = 5e-5
     reranker_negatives: int = 4  # per pair, mined with the tuned embedder (the confusions it leaves for the reranker)
     eval_fraction: float = 0.1  # pairs held out (never trained on) to measure recall before and after
+    # training documents kept from the reranker to choose how far its order replaces the first stage's
+    # (retrieve.rerank_weight, among RERANK_WEIGHTS): a reranker that would subtract gets a small or zero weight
+    calibration_fraction: float = 0.1
     max_pairs: int = 50_000
     questions: str | None = None  # JSONL {query, relevant: [chunk or doc ids]} added to the corpus pairs
     reembed: bool = True  # re-embed the index with the tuned embedder (a new generation)
@@ -52,6 +56,8 @@ class TuneConfig:
         if self.epochs <= 0 or self.batch_size < 2 or self.lr <= 0:
             raise ConfigError(f"tune: epochs and lr must be > 0 and batch_size >= 2, got {self.epochs}, {self.lr}, "
                               f"{self.batch_size}")
+        if not 0 <= self.calibration_fraction < 1:
+            raise ConfigError(f"tune: calibration_fraction must be in [0, 1), got {self.calibration_fraction}")
         if not 0 <= self.eval_fraction < 1 or self.hard_negatives < 0 or self.reranker_negatives < 1:
             raise ConfigError(f"tune: eval_fraction must be in [0, 1), hard_negatives >= 0 and reranker_negatives >= 1, "
                               f"got {self.eval_fraction}, {self.hard_negatives}, {self.reranker_negatives}")
@@ -228,6 +234,37 @@ def _recall(index: Any, pairs: list[Pair], reranker: str | None = None) -> dict[
     return out
 
 
+RERANK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # candidate fusion weights
+RERANK_CANDIDATES = 20  # first-stage passages the reranker re-orders when measured here
+
+
+def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str) -> dict[str, float]:
+    """Choose retrieve.rerank_weight for `reranker` by recall@5 on `pairs` (documents it was not trained on) and
+    write it beside the reranker (RERANK_CALIBRATION), where the retriever finds it."""
+    from mmadapt.io import atomic_write_json
+    from mmadapt.rag.retrieve import RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate
+
+    target = Path(reranker) / RERANK_CALIBRATION
+    if not pairs:
+        logger.warning("no calibration queries (the corpus is small): the reranker's order is used alone")
+        atomic_write_json(target, {"weight": 1.0, "calibrated": False})
+        return {"rerank_weight": 1.0}
+    mode = "hybrid" if index.store.get("lexical") else "dense"
+    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
+    first = Retriever(index, RetrieveConfig(mode=mode, reranker=reranker, candidates=RERANK_CANDIDATES))
+    measured = {w: evaluate(first.with_rerank_weight(w), queries, relevant, ks=(5,)) for w in RERANK_WEIGHTS}
+    # recall@5 first, then MRR (finer on a few queries); on a full tie the smaller weight: the reranker has to
+    # earn its place over the first stage, never subtract from it
+    weight = max(reversed(RERANK_WEIGHTS), key=lambda w: (measured[w]["recall_at_5"], measured[w]["mrr"]))
+    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
+    logger.info("reranker fusion weight %g (calibration recall@5 by weight on %d queries: %s)", weight,
+                len(queries), ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
+    atomic_write_json(target, {"weight": weight, "calibrated": True, "mode": mode, "candidates": RERANK_CANDIDATES,
+                               "queries": len(queries), "recall_at_5": recall,
+                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
+    return {"rerank_weight": weight, "pairs_calibration": float(len(queries))}
+
+
 def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrite: bool = False) -> TuneReport:
     """Adapt `index`'s retriever to its corpus: write OUT/embedder (and OUT/reranker), re-embed the index."""
     from mmadapt.io import output_directory
@@ -251,6 +288,10 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     held = set(rng.sample(docs, int(len(docs) * config.eval_fraction)))  # whole documents, so nothing leaks
     train_pairs = [p for p in pairs if p.doc_id not in held]
     eval_pairs = [p for p in pairs if p.doc_id in held]
+    train_docs = sorted({p.doc_id for p in train_pairs})
+    calibration = set(rng.sample(train_docs, int(len(train_docs) * config.calibration_fraction))) if config.reranker else set()
+    rerank_pairs = [p for p in train_pairs if p.doc_id not in calibration]
+    calibration_pairs = [p for p in train_pairs if p.doc_id in calibration]
     report = TuneReport(pairs={k: sum(p.kind == k for p in pairs) for k in sorted({p.kind for p in pairs})})
     logger.info("tuning on %d pairs (%s), %d held out", len(train_pairs), report.pairs, len(eval_pairs))
     if eval_pairs:
@@ -264,8 +305,8 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
         if config.reranker:
             texts = [h for h in hits if h.modality == "text"]
             # the reranker's negatives are the tuned embedder's confusions: what it will be asked to sort out
-            rerank_negatives = mine_negatives(index, train_pairs, config.reranker_negatives, base, texts)
-            train_reranker(str(tmp / "embedder"), train_pairs, rerank_negatives, tmp / "reranker", config,
+            rerank_negatives = mine_negatives(index, rerank_pairs, config.reranker_negatives, base, texts)
+            train_reranker(str(tmp / "embedder"), rerank_pairs, rerank_negatives, tmp / "reranker", config,
                            [h.text for h in texts])
         report.metrics["train_seconds"] = time.perf_counter() - started
         write_manifest(tmp, "rag_tune", dataclasses.asdict(config), inputs=[index.path], final_path=out,
@@ -275,6 +316,9 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     if config.reembed:
         tuned = load_embedder(dataclasses.replace(base_config, name=report.embedder))
         index.reembed(tuned)
+    if report.reranker:
+        report.metrics |= calibrate_reranker(index, calibration_pairs, report.reranker)
+    if config.reembed:
         if eval_pairs:
             report.metrics |= {f"after_{k}": v for k, v in _recall(index, eval_pairs, report.reranker).items()}
     report.metrics["pairs_train"] = float(len(train_pairs))

@@ -133,7 +133,8 @@ def _retriever(args: argparse.Namespace) -> Any:
     from mmadapt.rag.store import RagIndex
 
     index = RagIndex.open(args.index, embedder=None)
-    return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank, candidates=args.candidates))
+    return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank, candidates=args.candidates,
+                                           rerank_weight=args.rerank_weight))
 
 
 def query(args: argparse.Namespace) -> int:
@@ -307,6 +308,8 @@ def _retrieval_flags(p: argparse.ArgumentParser) -> None:
                    "`rag tune`) to re-rank the candidates")
     p.add_argument("--candidates", type=_positive_int, default=50,
                    help="passages each ranking contributes before fusion or re-ranking (default 50)")
+    p.add_argument("--rerank-weight", type=float, metavar="W", help="0..1: how far the reranker's order replaces "
+                   "the first stage's (1: alone; default: the weight `rag tune` calibrated for it, else 1)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata filter, e.g. source=docs/a.txt, 'page=[1, 2]', 'year={gte: 2020}' (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -8,7 +8,8 @@ from rag_helpers import code_queries, corpus_documents, make_cross_encoder, topi
 
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.rag.retrieve import (
-    RetrieveConfig, Retriever, evaluate, recall_at_k, reciprocal_rank, reciprocal_rank_fusion,
+    RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate, recall_at_k, reciprocal_rank, reciprocal_rank_fusion,
+    weighted_rank_fusion,
 )
 
 
@@ -111,6 +112,37 @@ def test_cross_encoder_reranks_the_candidates_by_its_scores(index, tmp_path_fact
         [(c, pytest.approx(float(s), abs=1e-5)) for c, s in expected]
     assert [h.chunk_id for h in reranked] != [h.chunk_id for h in dense_all[:3]]  # the order really changed
     assert reranking.reranker is reranking.reranker  # loaded once
+
+
+def test_weighted_fusion_moves_from_the_first_ranking_to_the_second():
+    first, second = ["a", "b", "c", "d"], ["d", "c", "b", "a"]
+    assert [key for key, _ in weighted_rank_fusion(first, second, 0.0)] == first
+    assert [key for key, _ in weighted_rank_fusion(first, second, 1.0)] == second
+    scores = dict(weighted_rank_fusion(first, second, 0.25, k=10))
+    assert scores["a"] == pytest.approx(0.75 / 11 + 0.25 / 14)
+    assert [key for key, _ in weighted_rank_fusion(["x", "y"], ["y", "x"], 0.5)] == ["x", "y"]  # ties: first ranking
+
+
+def test_rerank_weight_fuses_the_cross_encoder_with_the_first_stage_and_comes_from_its_calibration(index, tmp_path_factory):
+    import json
+
+    path = make_cross_encoder(tmp_path_factory.mktemp("cross_encoder"))
+    query = "what does the dashboard fault mean"
+    first_stage = [h.chunk_id for h in retriever(index, k=6).retrieve(query)]
+    alone = [h.chunk_id for h in retriever(index, k=6, candidates=6, reranker=str(path)).retrieve(query)]
+    assert [h.chunk_id for h in retriever(index, k=6, candidates=6, reranker=str(path), rerank_weight=0.0).retrieve(query)] \
+        == first_stage
+    half = [h.chunk_id for h in retriever(index, k=6, candidates=6, reranker=str(path), rerank_weight=0.5).retrieve(query)]
+    assert half == [key for key, _ in weighted_rank_fusion(first_stage, alone, 0.5)]
+    (path / RERANK_CALIBRATION).write_text(json.dumps({"weight": 0.0}))  # what `rag tune` writes beside its reranker
+    calibrated = retriever(index, k=6, candidates=6, reranker=str(path))
+    assert calibrated.rerank_weight == 0.0 and [h.chunk_id for h in calibrated.retrieve(query)] == first_stage
+    assert retriever(index, reranker=str(path), rerank_weight=1.0).rerank_weight == 1.0  # an explicit weight wins
+    (path / RERANK_CALIBRATION).write_text(json.dumps({"weight": 3}))
+    with pytest.raises(ConfigError, match=f"{RERANK_CALIBRATION}: 'weight' must be a number in \\[0, 1\\]"):
+        retriever(index, reranker=str(path)).retrieve(query)
+    with pytest.raises(ConfigError, match="retrieve.rerank_weight must be in \\[0, 1\\]"):
+        RetrieveConfig(rerank_weight=1.5)
 
 
 def test_unloadable_reranker_is_a_config_error(index, tmp_path):

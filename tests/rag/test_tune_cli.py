@@ -62,6 +62,16 @@ def run_tune(tmp_path: Path, capsys, embedder: str | None, *tune_flags: str) -> 
                  str(out / "reranker"), "--candidates", "8", "-k", "3"]) == 0
     ranked = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\s*\d+\. ", line)]
     assert len(ranked) == 3
+    from mmadapt.rag.retrieve import RERANK_CALIBRATION
+    from mmadapt.rag.tune import RERANK_WEIGHTS
+
+    calibration = json.loads((out / "reranker" / RERANK_CALIBRATION).read_text())
+    assert calibration["calibrated"] and calibration["weight"] in RERANK_WEIGHTS
+    assert metrics["rerank_weight"] == calibration["weight"]
+    chosen = str(calibration["weight"])
+    assert calibration["recall_at_5"][chosen] == max(calibration["recall_at_5"].values())
+    assert calibration["mrr"][chosen] == max(m for w, m in calibration["mrr"].items()
+                                             if calibration["recall_at_5"][w] == calibration["recall_at_5"][chosen])
     return index, out, metrics
 
 
