@@ -37,14 +37,21 @@ def _print_report(report: Any, ingest_report: Any) -> None:
         print(f"  ... and {len(report.skipped) - 50} more")
 
 
-def build(args: argparse.Namespace) -> int:
+def _ingested(inputs: list[str], config: Any, verb: str) -> Any:
+    """The ingested inputs; nothing to index is an error that shows what the loaders skipped and why."""
     from mmadapt.rag.ingest import ingest
+
+    ingested = ingest(inputs, config)
+    if not ingested.documents:
+        raise DataError(f"nothing to {verb} from {', '.join(inputs)}:\n{ingested.summary()}")
+    return ingested
+
+
+def build(args: argparse.Namespace) -> int:
     from mmadapt.rag.store import RagIndex
 
     config = _build_config(args)
-    ingested = ingest(args.inputs, config.ingest)
-    if not ingested.documents:
-        raise DataError(f"nothing to index in {', '.join(args.inputs)}:\n{ingested.summary()}")
+    ingested = _ingested(args.inputs, config.ingest, "index")
     index, report = RagIndex.build(args.out, ingested.documents, config, overwrite=args.overwrite)
     _print_report(report, ingested)
     print(json.dumps(index.stats(), indent=2))
@@ -52,13 +59,10 @@ def build(args: argparse.Namespace) -> int:
 
 
 def add(args: argparse.Namespace) -> int:
-    from mmadapt.rag.ingest import ingest
     from mmadapt.rag.store import RagIndex
 
     index = RagIndex.open(args.index)
-    ingested = ingest(args.inputs, index.config.ingest)
-    if not ingested.documents:
-        raise DataError(f"nothing to add from {', '.join(args.inputs)}:\n{ingested.summary()}")
+    ingested = _ingested(args.inputs, index.config.ingest, "add")
     report = index.add_documents(ingested.documents, replace=args.replace)
     _print_report(report, ingested)
     print(json.dumps(index.stats(), indent=2))
@@ -66,13 +70,10 @@ def add(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
-    from mmadapt.rag.ingest import ingest
     from mmadapt.rag.store import RagIndex
 
     index = RagIndex.open(args.index)
-    ingested = ingest(args.inputs, index.config.ingest)
-    if not ingested.documents:
-        raise DataError(f"nothing to update from {', '.join(args.inputs)}:\n{ingested.summary()}")
+    ingested = _ingested(args.inputs, index.config.ingest, "update")
     report = index.update_documents(ingested.documents)
     print(ingested.summary())
     print(f"{report.changed} passages changed ({report.embedded} embedded), {report.added} added, {report.removed} "
@@ -206,53 +207,12 @@ def _prompt(args: argparse.Namespace) -> Any:
     return from_dict(PromptConfig, raw, path="--prompt")
 
 
-def read_eval_file(queries_path: str, relevant_path: str | None) -> tuple[list[str], list[set[str]]]:
-    """Queries and their relevant ids: one JSONL of {query, relevant: [ids]}, or JSONL {id, query} plus a
-    relevance file (JSONL {id, relevant} or TSV lines `query_id<TAB>relevant_id`)."""
-    from mmadapt.data.records import read_records
-
-    records = read_records(queries_path)
-    if relevant_path is None:
-        queries, relevant = [], []
-        for where, r in records:
-            if not isinstance(r.get("query"), str) or not isinstance(r.get("relevant"), list) or not r["relevant"]:
-                raise DataError(f"{where}: expected {{\"query\": str, \"relevant\": [ids]}} (or pass a separate relevance file)")
-            queries.append(r["query"])
-            relevant.append({str(x) for x in r["relevant"]})
-        return queries, relevant
-    judged: dict[str, set[str]] = {}
-    path = Path(relevant_path)
-    if not path.is_file():
-        raise DataError(f"relevance file not found: {path}")
-    if path.suffix in (".jsonl", ".json"):
-        for where, r in read_records(path):
-            qid = r.get("id", r.get("query_id"))
-            if qid is None or not isinstance(r.get("relevant"), list):
-                raise DataError(f"{where}: expected {{\"id\": query id, \"relevant\": [ids]}}")
-            judged.setdefault(str(qid), set()).update(str(x) for x in r["relevant"])
-    else:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                parts = line.split("\t")
-                if len(parts) < 2:
-                    raise DataError(f"{path}:{n}: expected `query_id<TAB>relevant_id`")
-                judged.setdefault(parts[0].strip(), set()).add(parts[1].strip())
-    queries, relevant = [], []
-    for where, r in records:
-        qid, text = r.get("id"), r.get("query")
-        if qid is None or not isinstance(text, str):
-            raise DataError(f"{where}: expected {{\"id\": ..., \"query\": str}}")
-        if str(qid) not in judged:
-            raise DataError(f"{where}: query {qid!r} has no relevant ids in {path}")
-        queries.append(text)
-        relevant.append(judged[str(qid)])
-    return queries, relevant
-
-
 def evaluate_cli(args: argparse.Namespace) -> int:
     from mmadapt.rag.retrieve import evaluate
 
-    queries, relevant = read_eval_file(args.queries, args.relevant)
+    from mmadapt.rag.judgements import read_judgements
+
+    queries, relevant = read_judgements(args.queries, args.relevant)
     metrics = evaluate(_retriever(args), queries, relevant, ks=args.at, filters=parse_filters(args.filter))
     if args.json:
         print(json.dumps(metrics, indent=2))
