@@ -42,3 +42,15 @@ def build_model(spec: dict[str, Any]):
     from mmadapt.model import MultimodalLM
 
     return MultimodalLM.from_config(model_config(spec))
+
+
+def causal_lm(model_type: str, vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0, **overrides: Any):
+    """A random tiny Hugging Face causal LM of `model_type` (no mmadapt wrapper), seeded, in eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mmadapt.quickstart.tiny import tiny_llm_config
+
+    torch.manual_seed(seed)
+    spec = {**tiny_llm_config(model_type, vocab_size=vocab_size, hidden=hidden, layers=layers), **overrides}
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec)).eval()

@@ -41,13 +41,9 @@ def bytelevel_tokenizer(texts: list[str], vocab_size: int = 320):
 
 def tiny_qwen2(vocab_size: int, layers: int = 3, hidden: int = 64, seed: int = 0):
     """A random tiny Qwen2 with the library's default initialisation (std 0.02), as a user builds from a config."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from tests.tiny import causal_lm
 
-    from mmadapt.quickstart.tiny import tiny_llm_config
-
-    torch.manual_seed(seed)
-    spec = tiny_llm_config("qwen2", vocab_size=vocab_size, hidden=hidden, layers=layers)
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec)).eval()
+    return causal_lm("qwen2", vocab_size, hidden=hidden, layers=layers, seed=seed)
 
 
 def fact_lines(facts: dict[str, str]) -> list[str]:

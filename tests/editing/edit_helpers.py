@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 FAMILIES = ["gpt2", "gptj", "gpt_neox", "llama", "qwen2", "mistral"]
 
@@ -14,13 +13,9 @@ def corpus_texts() -> list[str]:
 
 def tiny_model(family: str, vocab_size: int, layers: int = 2, hidden: int = 32, seed: int = 0):
     """A random tiny causal LM of `family`; a wide init (0.3) so a few hidden-state shifts can move its predictions."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from tests.tiny import causal_lm
 
-    from mmadapt.quickstart.tiny import tiny_llm_config
-
-    torch.manual_seed(seed)
-    spec = {**tiny_llm_config(family, vocab_size=vocab_size, hidden=hidden, layers=layers), "initializer_range": 0.3}
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec)).eval()
+    return causal_lm(family, vocab_size, hidden=hidden, layers=layers, seed=seed, initializer_range=0.3)
 
 
 def fact_request(world: dict, subject: str, neighbours: list[str], relation: str = "city") -> dict:

@@ -84,14 +84,12 @@ def test_edit_table_becomes_the_edits_file_of_apply(page, ui_workdir):
 
 
 def test_edit_trace_shows_its_heat_map_and_lineage_shows_the_chain(page, ui_workdir, model_dir):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from mmadapt.quickstart.tiny import tiny_llm_config
     from mmadapt.quickstart.tokenizer import train_word_tokenizer
+    from tests.tiny import causal_lm
 
     lm = ui_workdir / "tiny-lm"
     tokenizer = train_word_tokenizer(["the tower of alba is in paris ."], lm)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(**tiny_llm_config("gpt2", vocab_size=len(tokenizer)))).save_pretrained(lm)
+    causal_lm("gpt2", len(tokenizer), hidden=64).save_pretrained(lm)
     page.click("#tab-edit")
     page.fill("#d-args", f"trace --model {lm} --prompt {{}} --subject alba --samples 2 --out heat.png")
     page.click("#d-run")
