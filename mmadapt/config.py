@@ -1,8 +1,9 @@
-"""Typed run configs: dataclasses loaded from YAML, strict validation, `--set a.b=v` overrides, dump.
+"""Typed run configs: dataclasses loaded from YAML, validated by pydantic v2, `--set a.b=v` overrides, dump.
 
 `from_dict` is the one validator for every config in mmadapt (runs, encoder/connector/objective
-kwargs, merge configs, edit hyper-parameters): an unknown key or a wrong type raises ConfigError
-naming the key path, the valid keys and a close match.
+kwargs, merge configs, edit hyper-parameters): pydantic checks the mapping against a strict model derived from
+the dataclass (`schema_model`), and an unknown key or a wrong type raises ConfigError naming the key path, the
+valid keys and a close match.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
+import functools
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from mmadapt.errors import ConfigError
 # the run schema lives in mmadapt.schema; re-exported for `from mmadapt.config import RunConfig, ...`
@@ -36,105 +38,151 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check `value` against the annotation `tp`, converting where YAML is looser (int -> float)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own message (e.g. a Literal's valid values)
-            return _coerce(value, options[0], path)
-        for arg in options:
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: {value!r} is not {' or '.join(_type_name(a) for a in args)}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not valid; valid: {', '.join(map(repr, args))}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        item_tp = args[0] if args else Any
-        return [_coerce(v, item_tp, _join(path, i)) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        val_tp = args[1] if len(args) == 2 else Any
-        return {k: _coerce(v, val_tp, _join(path, k)) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, path)
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        if not math.isfinite(float(value)):  # `.nan` / `.inf` pass every `> 0` check and crash in torch later
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
-        if abs(value) > MAX_INT:  # beyond int64 torch overflows; no count, size or step is this large
-            raise ConfigError(f"{path}: {value} is out of range; valid: at most {MAX_INT} in magnitude")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
 def unknown_key_error(key: str, valid: list[str], path: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown key {_join(path, key)!r}{hint}; valid keys: {', '.join(valid)}")
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
-    """Build dataclass `cls` from a mapping, refusing unknown keys, wrong types and missing required keys."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
+# Every config dataclass is validated by pydantic v2 under these rules: unknown keys refused, no coercion (an int
+# may stand for a float; "false" is not a bool, 1.0 not an int, 1 not a string), no NaN or infinity.
+PYDANTIC_CONFIG = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+
+# pydantic error type -> what a config author is told (after the key path; then what was given)
+_EXPECTED = {"float_type": "expected a number", "int_type": "expected an integer", "bool_type": "expected true or false",
+             "string_type": "expected a string", "list_type": "expected a list", "tuple_type": "expected a list",
+             "dict_type": "expected a mapping", "model_type": "expected a mapping", "model_attributes_type": "expected a mapping",
+             "finite_number": "expected a finite number"}
+
+
+def _optional_dataclass(tp: Any) -> Any:
+    """The dataclass in `tp` (itself, or the member of an Optional / union), else None."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a) and isinstance(a, type)), None)
+    return None
+
+
+def _schema_type(tp: Any) -> Any:
+    """`tp` with every config dataclass in it replaced by its pydantic schema model."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return schema_model(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not args or origin is typing.Literal or origin is typing.Annotated:
+        return tp
+    mapped = tuple(_schema_type(a) for a in args)
+    if mapped == args:
+        return tp
+    if origin in (Union, types.UnionType):
+        return Union[mapped]  # type: ignore[return-value]
+    return origin[mapped] if origin in (list, dict, tuple) else tp
+
+
+@functools.lru_cache(maxsize=None)
+def schema_model(cls: type) -> type[BaseModel]:
+    """The pydantic model that validates config dataclass `cls`: the same field names, types and required keys,
+    under PYDANTIC_CONFIG. The dataclass stays what code uses (its __post_init__ checks the values together)."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in fields:
-            raise unknown_key_error(str(key), list(fields), path)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        # an absent key keeps the dataclass's own default (only the keys given are validated and passed on)
+        fields[f.name] = (_schema_type(hints[f.name]), ... if required else None)
+    return create_model(f"{cls.__name__}Schema", __config__=PYDANTIC_CONFIG, **fields)
+
+
+def _build(cls: type[T], values: dict[str, Any], path: str) -> T:
+    """The dataclass from validated values (nested mappings become their dataclasses; __post_init__ runs)."""
+    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], _join(path, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key {_join(path, name)!r}")
+    for name, value in values.items():
+        tp = hints[name]
+        inner = _optional_dataclass(tp)
+        if inner is not None and isinstance(value, dict):
+            value = _build(inner, value, _join(path, name))
+        elif isinstance(value, (list, dict)) and typing.get_args(tp):
+            item = _optional_dataclass(typing.get_args(tp)[-1])
+            if item is not None and isinstance(value, list):
+                value = [_build(item, v, _join(_join(path, name), i)) for i, v in enumerate(value)]
+            elif item is not None and isinstance(value, dict):
+                value = {k: _build(item, v, _join(_join(path, name), k)) for k, v in value.items()}
+        kwargs[name] = value
     try:
-        obj = cls(**kwargs)
+        return cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path or cls.__name__}: {e}") from e
-    return obj
+
+
+def _config_error(cls: type, error: ValidationError, path: str) -> ConfigError:
+    """pydantic's first error as mmadapt's message: the key path and what is valid (a close match for a typo)."""
+    e = error.errors(include_url=False)[0]
+    loc = tuple(k for k in e["loc"] if isinstance(k, int) or not _is_union_tag(k))
+    where = path
+    for key in loc:
+        where = _join(where, key)
+    kind, value = e["type"], e.get("input")
+    if kind == "extra_forbidden":
+        return unknown_key_error(str(loc[-1]), _keys_at(cls, loc[:-1]), _parent(where))
+    if kind == "missing":
+        return ConfigError(f"missing required key {where!r}")
+    if kind == "literal_error":
+        return ConfigError(f"{where}: {value!r} is not valid; valid: {e['ctx']['expected'].replace(' or ', ', ')}")
+    if kind in _EXPECTED:
+        return ConfigError(f"{where or cls.__name__}: {_EXPECTED[kind]}, got {type(value).__name__} {value!r}")
+    return ConfigError(f"{where or cls.__name__}: {e['msg']} (got {value!r})")
+
+
+def _is_union_tag(key: str) -> bool:
+    """pydantic names the union member it tried ("int", "list[str]", "ModelConfigSchema") in an error location."""
+    return "[" in key or key.endswith("Schema") or key in ("int", "float", "str", "bool", "dict", "list", "none")
+
+
+def _keys_at(cls: type, loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid at `loc` under dataclass `cls`."""
+    tp: Any = cls
+    for key in loc:
+        inner = _optional_dataclass(tp)
+        if inner is not None and isinstance(key, str):
+            tp = typing.get_type_hints(inner).get(key, Any)
+        elif typing.get_args(tp):
+            tp = typing.get_args(tp)[-1]
+    inner = _optional_dataclass(tp)
+    return [f.name for f in dataclasses.fields(inner) if f.init] if inner is not None else []
+
+
+def _parent(where: str) -> str:
+    """`a.b.c` -> `a.b`, `a[2]` -> `a`: the path of the mapping that holds the last key."""
+    cut = max(where.rfind("."), where.rfind("["))
+    return where[:cut] if cut > 0 else ""
+
+
+def _refuse_huge_ints(data: Any, path: str) -> None:
+    """ints beyond MAX_INT lose exactness as floats and overflow torch's int64 downstream."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _refuse_huge_ints(value, _join(path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _refuse_huge_ints(value, _join(path, i))
+    elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INT:
+        raise ConfigError(f"{path}: {data} is out of range; valid: at most {MAX_INT} in magnitude")
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+    """Build config dataclass `cls` from a mapping, validated by pydantic (`schema_model(cls)`): an unknown key, a
+    wrong type or a missing required key is a ConfigError naming the key path and what is valid."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
+    _refuse_huge_ints(data, path)
+    try:
+        validated = schema_model(cls).model_validate(data)
+    except ValidationError as e:
+        raise _config_error(cls, e, path) from None
+    return _build(cls, validated.model_dump(exclude_unset=True), path)
 
 
 def to_dict(obj: Any) -> Any:
@@ -156,7 +204,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -187,6 +235,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     node[key] = {}
                 node = node[key]
     return data
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with 1.2's floats: `1e-4` (no dot) is the number users mean, not the string YAML 1.1 makes of it."""
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse config YAML (files, `--set` values)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
@@ -233,7 +294,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     text = read_utf8(path, "a config file")
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     except RecursionError:  # deeply nested flow collections exhaust the parser's stack
@@ -265,7 +326,7 @@ def dump(obj: Any, path: str | Path) -> None:
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "load", "dump", "apply_overrides", "interpolate", "dataclass", "field",
            "DataConfig", "LLMConfig", "ModelConfig", "PeftConfig", "RunConfig", "TrainingConfig", "VLMConfig",
-           "DistributedConfig", "stage_configs", "deep_merge", "read_yaml", "unknown_key_error"]
+           "DistributedConfig", "stage_configs", "deep_merge", "read_yaml", "yaml_load", "unknown_key_error"]
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Config loading: strict keys and types, overrides, interpolation, stages."""
 
 import pytest
+import yaml
 
 from mmadapt.config import RunConfig, TrainingConfig, from_dict, load, stage_configs
 from mmadapt.run_config import load_run
@@ -199,3 +200,28 @@ def test_merge_parameters_are_declared_once():
     assert set(params.BOOL_PARAMS) == {"normalize", "rescale"} and params.RANGES["density"] == (0.0, 1.0)
     with pytest.raises(ConfigError, match="density"):
         params.check_value("density", 1.5, "models[0].parameters.density")
+
+
+@pytest.mark.parametrize("training, message", [
+    ({"gradient_checkpointing": "false"}, "training.gradient_checkpointing: expected true or false, got str 'false'"),
+    ({"batch_size": 1.5}, "training.batch_size: expected an integer, got float 1.5"),
+    ({"batch_size": True}, "training.batch_size: expected an integer, got bool True"),
+    ({"lr": float("inf")}, "training.lr: expected a finite number"),
+    ({"lr": "0.001"}, "training.lr: expected a number, got str '0.001'"),
+    ({"distributed": {"strategi": "fsdp"}}, r"unknown key 'training.distributed.strategi' \(did you mean 'strategy'\?\)"),
+])
+def test_pydantic_strict_types_name_the_path_and_what_was_given(training, message):
+    with pytest.raises(ConfigError, match=message):
+        load(RunConfig, {**BASE, "training": training})
+
+
+def test_yaml_reads_1e_minus_4_as_a_number_in_files_and_overrides(tmp_path):
+    from mmadapt.config import schema_model
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "training: {lr: 1e-4}\n")
+    assert load(RunConfig, path).training.lr == pytest.approx(1e-4)
+    assert load(RunConfig, path, ["training.lr=3e-5"]).training.lr == pytest.approx(3e-5)
+    assert load(RunConfig, path, ["training.epochs=2"]).training.epochs == 2.0  # an int stands for a float
+    schema = schema_model(RunConfig).model_json_schema()  # the pydantic model behind the dataclass
+    assert schema["additionalProperties"] is False and "training" in schema["properties"]
