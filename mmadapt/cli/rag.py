@@ -37,6 +37,12 @@ def _print_report(report: Any, ingest_report: Any) -> None:
         print(f"  ... and {len(report.skipped) - 50} more")
 
 
+def _print_outcome(index: Any, report: Any, ingested: Any) -> int:
+    _print_report(report, ingested)
+    print(json.dumps(index.stats(), indent=2))
+    return 0
+
+
 def _ingested(inputs: list[str], config: Any, verb: str) -> Any:
     """The ingested inputs; nothing to index is an error that shows what the loaders skipped and why."""
     from mmadapt.rag.ingest import ingest
@@ -53,9 +59,7 @@ def build(args: argparse.Namespace) -> int:
     config = _build_config(args)
     ingested = _ingested(args.inputs, config.ingest, "index")
     index, report = RagIndex.build(args.out, ingested.documents, config, overwrite=args.overwrite)
-    _print_report(report, ingested)
-    print(json.dumps(index.stats(), indent=2))
-    return 0
+    return _print_outcome(index, report, ingested)
 
 
 def add(args: argparse.Namespace) -> int:
@@ -63,10 +67,7 @@ def add(args: argparse.Namespace) -> int:
 
     index = RagIndex.open(args.index)
     ingested = _ingested(args.inputs, index.config.ingest, "add")
-    report = index.add_documents(ingested.documents, replace=args.replace)
-    _print_report(report, ingested)
-    print(json.dumps(index.stats(), indent=2))
-    return 0
+    return _print_outcome(index, index.add_documents(ingested.documents, replace=args.replace), ingested)
 
 
 def update(args: argparse.Namespace) -> int:
