@@ -348,8 +348,10 @@ def save_outputs(trainer: Any, model: Any, config: RunConfig, out: Path, metrics
         atomic_write_json(tmp / "metrics.json", metrics)
         if run_dir.is_dir():
             # hard links: instant and no extra space; the run's own files stay in place until the rename
+            # leaves out the staging and stale entries beside the checkpoints, never a checkpoint's own hidden files
+            # (a sharded FSDP checkpoint's torch.distributed.checkpoint `.metadata`: without it, no resume)
             shutil.copytree(run_dir, tmp / CHECKPOINTS, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns(".*"))
+                            ignore=lambda folder, names: [n for n in names if n.startswith(".")] if Path(folder) == run_dir else [])
             log = tmp / CHECKPOINTS / RUN_LOG
             if log.is_file():
                 os.replace(log, tmp / RUN_LOG)

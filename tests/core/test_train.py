@@ -161,3 +161,25 @@ def test_deterministic_runs_repeat_bit_for_bit_through_the_cli(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
     first, second = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_finished_runs_checkpoints_keep_their_hidden_files(tmp_path):
+    """A sharded FSDP checkpoint holds torch.distributed.checkpoint's `.metadata`; the finished output must carry it
+    (resuming from it failed on a GPU with `metadata is None`), while the staging area beside the checkpoints stays out."""
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    class ShardedCheckpointFiles(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            shard = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "pytorch_model_fsdp_0"
+            shard.mkdir(exist_ok=True)
+            (shard / ".metadata").write_bytes(b"dcp")
+            (Path(args.output_dir) / ".staging-leftover").mkdir(exist_ok=True)
+
+    raw = run_config(tmp_path, max_steps=2, save_steps=2, threads=1)
+    raw["data"].pop("eval")
+    train(load_run(raw), callbacks=[ShardedCheckpointFiles()])
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "checkpoint-2" / "pytorch_model_fsdp_0" / ".metadata").read_bytes() == b"dcp"
+    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
