@@ -1,10 +1,10 @@
-"""FSDP2 (training.distributed.strategy: fsdp) launched with torchrun over min(2, GPUs) processes: the same weights as
-1 process with that many times the accumulation, with and without LoRA, resumable from a sharded checkpoint after
-kill -9, and a complete, loadable mmadapt output gathered on rank 0.
+"""FSDP2 (training.distributed.strategy: fsdp) launched with torchrun over 2 ranks: the same weights as 1 process with
+twice the accumulation, with and without LoRA, resumable from a sharded checkpoint after kill -9 (bit for bit), and a
+complete, loadable mmadapt output gathered on rank 0.
 
-These launch tests need a GPU: accelerate keeps the FSDP plugin only for accelerator device types (its state.py
-leaves MULTI_CPU out), so a CPU launch cannot shard; mmadapt refuses it (tested in test_fsdp_config.py) instead of
-silently running DDP. On one GPU the world has one rank (FSDP wrapping, sharded checkpoints and resume still run)."""
+On GPUs the ranks shard over NCCL (one GPU: one rank). Without GPUs they run the real FSDP2 engine over gloo through
+tests/train/fsdp_cpu.py, which lifts the one gate that makes accelerate drop FSDP on CPU (mmadapt itself refuses
+`strategy: fsdp` on a CPU launch; tested in test_fsdp_config.py)."""
 
 import os
 import subprocess
@@ -13,14 +13,33 @@ import sys
 import pytest
 import torch
 import yaml
+from pathlib import Path
 
 from tests.core.test_train import run_config, weights
 
-NPROC = min(2, torch.cuda.device_count())
-pytestmark = pytest.mark.skipif(NPROC < 1, reason="FSDP launches need a GPU (accelerate drops FSDP on CPU)")
+ROOT = Path(__file__).resolve().parents[2]
+
+NPROC = min(2, torch.cuda.device_count()) or 2
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 # torchrun sets LOCAL_RANK even for one process, so accelerate sets up a process group and keeps the FSDP plugin
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(NPROC), "-m", "mmadapt.cli", "train"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_harness(tmp_path_factory):
+    """Without GPUs, the launched ranks import the harness first (see the module docstring)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    from tests.train.fsdp_cpu import cpu_fsdp_pythonpath
+
+    folder = cpu_fsdp_pythonpath(tmp_path_factory.mktemp("fsdp_cpu"))
+    if folder is None:
+        pytest.skip("this accelerate's AcceleratorState no longer has the device-type list the CPU harness patches")
+    previous = ENV.get("PYTHONPATH")
+    ENV["PYTHONPATH"] = os.pathsep.join([str(folder), str(ROOT), *([previous] if previous else [])])
+    yield
+    ENV.pop("PYTHONPATH") if previous is None else ENV.update(PYTHONPATH=previous)
 
 
 def config_file(tmp_path, peft=False, **training):
@@ -90,7 +109,8 @@ def test_kill9_then_resume_from_sharded_checkpoint_matches_uninterrupted(tmp_pat
     import signal
     import time
 
-    path = config_file(tmp_path, max_steps=6, save_steps=2, save_total_limit=5)
+    # 40 steps, a checkpoint every 2: the kill lands mid-run even where a step takes milliseconds
+    path = config_file(tmp_path, max_steps=40, save_steps=2, save_total_limit=3)
     single(path, tmp_path / "single")
     out = tmp_path / "fsdp"
     args = [*LAUNCH, str(path), "--set", "training.distributed.strategy=fsdp", "--set", f"output_dir={out}"]
@@ -103,6 +123,7 @@ def test_kill9_then_resume_from_sharded_checkpoint_matches_uninterrupted(tmp_pat
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its ranks, mid-run
     proc.wait()
     assert not (out / "manifest.json").exists()
-    assert (first / "pytorch_model_fsdp_0").is_dir()  # a sharded (distributed checkpoint) model state
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "pytorch_model_fsdp_0" / ".metadata").is_file() for c in checkpoints)  # sharded (DCP)
     fsdp(path, out, "--resume")
     assert_same(tmp_path / "single", out)
