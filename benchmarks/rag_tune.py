@@ -22,6 +22,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--candidates", type=int, default=20, help="hybrid passages the reranker re-orders")
+    parser.add_argument("--questions-fraction", type=float, default=0.0,
+                        help="give `rag tune` the questions of this share of the documents (as an LLM that writes "
+                             "questions would) and measure only on the other documents' questions")
     args = parser.parse_args()
 
     from mmadapt.rag.domain_data import make_domain_corpus, write_records
@@ -31,22 +34,29 @@ def main() -> None:
     from mmadapt.rag.tune import TuneConfig, tune
 
     corpus = make_domain_corpus(args.docs)
-    relevant = [{doc_id} for doc_id in corpus.relevant]
+    asked = set(sorted(set(corpus.relevant))[: int(args.questions_fraction * args.docs)])  # documents with questions
+    measured = [(q, d) for q, d in zip(corpus.queries, corpus.relevant) if d not in asked]
+    queries, relevant = [q for q, _ in measured], [{d} for _, d in measured]
     with tempfile.TemporaryDirectory(prefix="mmadapt-rag-tune-") as tmp:
         root = Path(tmp)
         write_records(root / "corpus.jsonl", corpus.records)
+        questions = None
+        if asked:
+            questions = root / "questions.jsonl"
+            write_records(questions, [{"query": q, "relevant": [d]} for q, d in zip(corpus.queries, corpus.relevant)
+                                      if d in asked])
         index, _ = RagIndex.build(root / "index", ingest([root / "corpus.jsonl"]).documents, RagConfig())
 
         def measure(label: str, reranker: str | None = None) -> dict[str, dict[str, float]]:
             rows = {}
             for mode in ("dense", "hybrid"):
                 retriever = Retriever(index, RetrieveConfig(mode=mode))
-                rows[mode] = evaluate(retriever, corpus.queries, relevant, ks=(1, 5))
+                rows[mode] = evaluate(retriever, queries, relevant, ks=(1, 5))
             if reranker:  # the order `rag tune` calibrated (retrieve.rerank_weight from the reranker's folder), and
                 # the cross-encoder's order alone (weight 1)
                 retriever = Retriever(index, RetrieveConfig(mode="hybrid", reranker=reranker, candidates=args.candidates))
-                rows["hybrid+rerank"] = evaluate(retriever, corpus.queries, relevant, ks=(1, 5))
-                rows["rerank alone"] = evaluate(retriever.with_rerank_weight(1.0), corpus.queries, relevant, ks=(1, 5))
+                rows["hybrid+rerank"] = evaluate(retriever, queries, relevant, ks=(1, 5))
+                rows["rerank alone"] = evaluate(retriever.with_rerank_weight(1.0), queries, relevant, ks=(1, 5))
             for mode, m in rows.items():
                 print(f"{label:<8}{mode:<15}recall@1 {m['recall_at_1']:.3f}  recall@5 {m['recall_at_5']:.3f}  "
                       f"mrr {m['mrr']:.3f}")
@@ -54,7 +64,9 @@ def main() -> None:
 
         before = measure("untuned")
         start = time.perf_counter()
-        report = tune(index, root / "tuned", TuneConfig(epochs=args.epochs))
+        report = tune(index, root / "tuned", TuneConfig(epochs=args.epochs, questions=str(questions) if questions else None))
+        if asked:
+            print(f"questions of {len(asked)} documents given to rag tune; measured on the {len(queries)} questions of the others")
         seconds = time.perf_counter() - start
         index = RagIndex.open(root / "index")  # the re-embedded generation, with the tuned embedder
         after = measure("tuned", report.reranker)
