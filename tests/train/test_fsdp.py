@@ -6,6 +6,7 @@ On GPUs the ranks shard over NCCL (one GPU: one rank). Without GPUs they run the
 tests/train/fsdp_cpu.py, which lifts the one gate that makes accelerate drop FSDP on CPU (mmadapt itself refuses
 `strategy: fsdp` on a CPU launch; tested in test_fsdp_config.py)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -120,7 +121,14 @@ def test_kill9_then_resume_from_sharded_checkpoint_matches_uninterrupted(tmp_pat
     while not (first / "trainer_state.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its ranks, mid-run
+    import psutil
+
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]  # torchrun and its ranks
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-run; ranks in a session of their own are killed one by one below
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(tree, timeout=60)
     proc.wait()
     assert not (out / "manifest.json").exists()
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
