@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mmadapt.errors import ConfigError, DataError
 
@@ -43,6 +43,9 @@ class TuneConfig:
     reranker_epochs: float = 3.0
     reranker_lr: float = 5e-5
     reranker_negatives: int = 4  # per pair, mined with the tuned embedder (the confusions it leaves for the reranker)
+    # bce: each (query, passage) scored on its own; mnrl: the positive ranked against its mined negatives and the
+    # batch's other passages (sentence-transformers' cross-encoder MultipleNegativesRankingLoss)
+    reranker_loss: Literal["bce", "mnrl"] = "bce"
     eval_fraction: float = 0.1  # pairs held out (never trained on) to measure recall before and after
     # training documents kept from the reranker to choose how far its order replaces the first stage's
     # (retrieve.rerank_weight, among RERANK_WEIGHTS): a reranker that would subtract gets a small or zero weight
@@ -189,11 +192,12 @@ def train_reranker(base_path: str, pairs: list[Pair], negatives: list[list[str]]
     passages of each query; saved to `out` with its trained head."""
     import torch
     from datasets import Dataset
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-    from transformers.utils import logging as hf_logging
 
     rng = random.Random(config.seed)
+    if config.reranker_loss == "mnrl":
+        return _train_reranker_listwise(base_path, pairs, negatives, out, config, corpus, rng)
     queries, passages, labels = [], [], []
     for pair, negs in zip(pairs, negatives):
         negs = negs or [t for t in rng.sample(corpus, min(2, len(corpus))) if t != pair.positive][:1]
@@ -201,12 +205,7 @@ def train_reranker(base_path: str, pairs: list[Pair], negatives: list[list[str]]
             queries.append(pair.query)
             passages.append(text)
             labels.append(label)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the new head is expected to be untrained here: it is what we train
-    try:
-        model = CrossEncoder(base_path, num_labels=1, device="cpu")
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    model = _cross_encoder(base_path)
     dataset = Dataset.from_dict({"query": queries, "passage": passages, "label": labels})
     # positives weighted by the negatives per positive, as sentence-transformers' MS MARCO BCE recipe does
     positives = max(1.0, sum(labels))
@@ -214,6 +213,43 @@ def train_reranker(base_path: str, pairs: list[Pair], negatives: list[list[str]]
     with tempfile.TemporaryDirectory(prefix="mmadapt-tune-") as scratch:
         args = _training_args(CrossEncoderTrainingArguments, scratch, config, config.reranker_epochs, config.reranker_lr)
         CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
+    model.save_pretrained(str(out))
+    return out
+
+
+def _cross_encoder(base_path: str) -> Any:
+    """A cross-encoder on the embedder's transformer with a new one-logit head (the head is what training adds)."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head is expected to be untrained here: it is what we train
+    try:
+        return CrossEncoder(base_path, num_labels=1, device="cpu")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _train_reranker_listwise(base_path: str, pairs: list[Pair], negatives: list[list[str]], out: Path,
+                             config: TuneConfig, corpus: list[str], rng: random.Random) -> Path:
+    """The reranker trained to rank each positive above its mined negatives and the batch's other passages."""
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
+
+    n = config.reranker_negatives
+    columns: dict[str, list[str]] = {"query": [p.query for p in pairs], "positive": [p.positive for p in pairs]}
+    for i in range(n):
+        columns[f"negative_{i}"] = []
+    for pair, negs in zip(pairs, negatives):
+        fill = [t for t in rng.sample(corpus, min(len(corpus), n + 1)) if t != pair.positive and t not in negs]
+        for i, text in enumerate((list(negs) + fill)[:n]):
+            columns[f"negative_{i}"].append(text)
+    model = _cross_encoder(base_path)
+    loss = MultipleNegativesRankingLoss(model, num_negatives=n)
+    with tempfile.TemporaryDirectory(prefix="mmadapt-tune-") as scratch:
+        args = _training_args(CrossEncoderTrainingArguments, scratch, config, config.reranker_epochs, config.reranker_lr)
+        CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(columns), loss=loss).train()
     model.save_pretrained(str(out))
     return out
 
@@ -269,7 +305,7 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     """Adapt `index`'s retriever to its corpus: write OUT/embedder (and OUT/reranker), re-embed the index."""
     from mmadapt.io import output_directory
     from mmadapt.lineage import write_manifest
-    from mmadapt.rag.embed import EmbedderConfig, load_embedder
+    from mmadapt.rag.embed import load_embedder
 
     config = config or TuneConfig()
     out = Path(out)

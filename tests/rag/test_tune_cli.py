@@ -75,9 +75,11 @@ def run_tune(tmp_path: Path, capsys, embedder: str | None, *tune_flags: str) -> 
     return index, out, metrics
 
 
-def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path, capsys):
+@pytest.mark.parametrize("reranker_loss", ["bce", "mnrl"])
+def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path, capsys, reranker_loss):
     embedder = tiny_sentence_transformer(tmp_path / "bert")
-    _, _, metrics = run_tune(tmp_path, capsys, str(embedder), "--epochs", "20", "--lr", "2e-3", "--batch-size", "16")
+    _, _, metrics = run_tune(tmp_path, capsys, str(embedder), "--epochs", "20", "--lr", "2e-3", "--batch-size", "16",
+                             "--reranker-loss", reranker_loss)
     assert metrics["after_dense_recall_at_5"] > metrics["before_dense_recall_at_5"] + 0.1, metrics
 
 
