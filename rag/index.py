@@ -23,8 +23,11 @@ Kind = Literal["flat", "hnsw", "ivfpq"]
 
 @dataclass
 class IndexConfig:
-    """The vector index: kind, metric and the knobs of each kind (defaults measured in benchmarks/rag_index.py)."""
+    """The vector index: backend, kind, metric and the knobs of each kind (defaults measured in benchmarks/rag_index.py)."""
 
+    backend: Literal["faiss", "milvus"] = "faiss"  # where vectors are searched (rag/backends/): faiss files or Milvus
+    uri: str | None = None  # milvus: a server (http://HOST:19530) or a milvus-lite dir (*.db); None: INDEX/milvus.db
+    collection: str | None = None  # milvus: the collection's name (None: mmadapt_<random>)
     kind: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
     metric: Literal["ip", "l2"] = "ip"  # ip on normalised embeddings is cosine similarity
     hnsw_m: int = 32  # graph degree: more is better recall, more memory
@@ -42,6 +45,8 @@ class IndexConfig:
     retrain_growth: float = 4.0  # IVF-PQ: retrain codebooks once the index outgrows its training set this much
 
     def __post_init__(self) -> None:
+        if self.backend == "faiss" and (self.uri is not None or self.collection is not None):
+            raise ValueError("index.uri and index.collection apply to index.backend: milvus")
         for key in ("hnsw_m", "ef_construction", "ef_search", "nprobe", "pq_bits"):
             if getattr(self, key) < 1:
                 raise ValueError(f"index.{key} must be >= 1, got {getattr(self, key)}")

@@ -86,8 +86,8 @@ def _check_fields(file: Path, manifest: dict[str, Any], store: dict[str, Any]) -
         raise DataError(f"{file}: store.sizes must map file names to byte counts")
 
 
-def check_checksums(path: Path, manifest: dict[str, Any], gen_dir: Path, names: tuple[str, ...] = ("index.faiss",)) -> None:
-    """Re-hash the generation's `names` against the SHA-256 recorded at commit: a file corrupted at the same size
+def check_checksums(path: Path, manifest: dict[str, Any], gen_dir: Path, names: tuple[str, ...]) -> None:
+    """Re-hash the generation's `names` (the vector backend's files) against the SHA-256 recorded at commit: a file corrupted at the same size
     (which the size check passes and faiss may read without error) is refused on open. Cost: one SHA-256 pass,
     measured by benchmarks/rag_open_check.py. meta.sqlite is left to SQLite's own checks (its hash is recorded
     too, but a reader never rewrites index.faiss while SQLite may touch its file's header on close)."""
@@ -101,10 +101,10 @@ def check_checksums(path: Path, manifest: dict[str, Any], gen_dir: Path, names: 
 
 def write(
     path: Path, final_path: Path, config: dict[str, Any], parents: list[dict[str, Any]], store: dict[str, Any],
-    gen_dir: Path, created: str | None = None,
+    gen_dir: Path, names: tuple[str, ...], created: str | None = None,
 ) -> None:
-    """Commit: one atomic replace of manifest.json names the new generation, its checksums and sizes."""
-    files = {f"{gen_dir.name}/{name}": sha256_file(gen_dir / name) for name in ("index.faiss", "meta.sqlite")}
+    """Commit: one atomic replace of manifest.json names the new generation, its files' checksums and sizes."""
+    files = {f"{gen_dir.name}/{name}": sha256_file(gen_dir / name) for name in names}
     store = {**store, "sizes": {rel: (path / rel).stat().st_size for rel in files}}
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(path / MANIFEST, {

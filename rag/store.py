@@ -1,11 +1,12 @@
-"""A persistent RAG index directory: faiss index + SQLite metadata + one manifest, crash-safe on every write.
+"""A persistent RAG index directory: SQLite passages + a vector backend + one manifest, crash-safe on every write.
 
 Layout::
 
     INDEX/manifest.json          the commit point: lineage (kind, config, hashed files, parents) and the
-                                 store's own fields (format version, embedder, metric, counts, generation)
-    INDEX/gen-000007/index.faiss the current generation, never modified once committed
-    INDEX/gen-000007/meta.sqlite
+                                 store's own fields (format version, embedder, metric, counts, generation, backend)
+    INDEX/gen-000007/meta.sqlite the current generation, never modified once committed
+    INDEX/gen-000007/index.faiss (backend faiss; backend milvus keeps its vectors in a Milvus collection,
+    INDEX/milvus.db/             in milvus-lite here unless index.uri names a Milvus server: rag/backends/milvus.py)
 
 A write copies the current generation into a temp directory, changes the copy, renames it to
 `gen-N+1` and then atomically replaces `manifest.json`. A process killed at any point leaves the
@@ -33,16 +34,16 @@ from mmadapt.config import from_dict, to_dict
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.io import atomic_directory, check_output_dir
 from mmadapt.lineage import describe_input
-from mmadapt.rag import index as vindex
 from mmadapt.rag import manifest as index_manifest
 from mmadapt.rag import meta
 from mmadapt.rag.chunk import Chunk, ChunkConfig, Document, chunk_documents, load_token_spans
 from mmadapt.rag.embed import EmbedderConfig, check_identity, load_embedder, local_weights
-from mmadapt.rag.index import IndexConfig
+from mmadapt.rag.index import IndexConfig, exact_topk
 from mmadapt.rag.ingest import IngestConfig
 from mmadapt.rag.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from mmadapt.rag.meta import Hit
-from mmadapt.rag.backends.faiss_sqlite import AddReport, FaissSqliteWrites, UpdateReport  # noqa: F401  (public here)
+from mmadapt.rag.backends import backend_class
+from mmadapt.rag.writes import AddReport, IndexWrites, UpdateReport  # noqa: F401  (public here)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class RagConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
 
 
-class RagIndex(FaissSqliteWrites):
+class RagIndex(IndexWrites):
     """Passages with their embeddings: `add`, `delete`, `update`, `search`; open with `RagIndex.open(dir)`."""
 
     def __init__(self, path: Path, embedder: Any | None = None, final_path: Path | None = None) -> None:
@@ -104,16 +105,17 @@ class RagIndex(FaissSqliteWrites):
         meta.create_schema(conn, lexical)
         conn.commit()
         conn.close()
-        start_kind = vindex.resolve_kind(config.index, 0)
-        empty = vindex.new_index("flat" if start_kind == "ivfpq" else start_kind, embedder.dim, config.index)
-        vindex.write(empty, str(gen_dir / "index.faiss"))
+        vectors = backend_class(config.index.backend).create(path, config.index, embedder.dim)
+        vectors.save(gen_dir)
         parents = [describe_input(p) for p in local_weights(config.embedder)]  # hashed: part of the index's lineage
         store = {
             "format_version": FORMAT_VERSION, "generation": 1, "embedder": embedder.identity,
-            "metric": config.index.metric, "index_kind": vindex.kind_of(empty), "lexical": lexical,
-            "trained_on": 0, "counts": {"chunks": 0, "documents": 0, "sources": 0, "tombstones": 0, "vectors": 0},
+            "metric": config.index.metric, **vectors.describe(), "lexical": lexical,
+            "counts": {"chunks": 0, "documents": 0, "sources": 0, "tombstones": 0, "vectors": 0},
         }
-        index_manifest.write(path, Path(final_path or path), to_dict(config), parents, store, gen_dir)
+        index_manifest.write(path, Path(final_path or path), to_dict(config), parents, store, gen_dir,
+                             ("meta.sqlite", *vectors.files))
+        vectors.close()
         return cls(path, embedder, final_path)
 
     @classmethod
@@ -134,7 +136,7 @@ class RagIndex(FaissSqliteWrites):
         with atomic_directory(path, overwrite=True) as tmp:
             built = cls.create(tmp, config, embedder, final_path=path)
             report = built.add_documents(documents)
-            built._close()
+            built.close(release=True)  # before the directory moves (milvus-lite's server holds its old path)
         return cls(path, embedder), report
 
     def _signature(self) -> tuple[int, int, int]:
@@ -178,8 +180,9 @@ class RagIndex(FaissSqliteWrites):
             conn = None
             try:
                 self._check_files(gen_dir)
-                self.faiss = vindex.read(str(gen_dir / "index.faiss"))
-                index_manifest.check_checksums(self.path, self.manifest, gen_dir)  # readable, yet changed at its size
+                backend = backend_class(self.store.get("backend", "faiss"))
+                vectors = backend.load(self.path, self.store, self._config().index, self.dim, gen_dir)
+                index_manifest.check_checksums(self.path, self.manifest, gen_dir, backend.files)  # changed at its size
                 conn = meta.connect_readonly(str(gen_dir / "meta.sqlite"))
                 self.tombstones = meta.tombstones(conn)
             except (OSError, RuntimeError, sqlite3.Error) as e:  # faiss raises RuntimeError for unreadable files
@@ -191,7 +194,9 @@ class RagIndex(FaissSqliteWrites):
                     raise DataError(f"{self.path}: generation {gen_dir.name} named by the manifest is missing") from None
                 raise DataError(f"{gen_dir}: unreadable ({e}); the index is damaged (restore it or rebuild with "
                                 "`mmadapt rag build`)") from e
-            self.conn, self.gen_dir = conn, gen_dir
+            if getattr(self, "vectors", None) is not None:
+                self.vectors.close()
+            self.conn, self.gen_dir, self.vectors = conn, gen_dir, vectors
             return
         raise DataError(f"{self.path}: the index kept changing while it was opened ({attempts} tries)")
 
@@ -209,6 +214,16 @@ class RagIndex(FaissSqliteWrites):
 
     def _close(self) -> None:
         self.conn.close()
+
+    def close(self, release: bool = False) -> None:
+        """Close the SQLite connection and the vector backend; `release`: also stop this process's milvus-lite
+        server for the index (so another process, or this directory under a new name, can open it)."""
+        self._close()
+        self.vectors.close()
+        if release and getattr(self.vectors, "lite", False):
+            from mmadapt.rag.backends.milvus import release_lite
+
+            release_lite(self.vectors.uri)
 
     @property
     def config(self) -> RagConfig:
@@ -288,7 +303,7 @@ class RagIndex(FaissSqliteWrites):
             self._delete_rows(conn, rows)
             keep = self._dedup(conn, chunks, report)
             ids = meta.insert(conn, [chunks[i] for i in keep], vectors[keep])
-            vindex.add(self.faiss, vectors[keep], ids)
+            self.vectors.add(vectors[keep], ids)
             report.added = len(keep)
         logger.info("added %d passages (%d skipped) to %s", report.added, len(report.skipped), self.final_path)
         return report
@@ -318,19 +333,19 @@ class RagIndex(FaissSqliteWrites):
         cfg = self.config.index
         live = max(len(self), 1)
         allowed = meta.filtered_ids(self.conn, filters) if filters else None
-        kind = vindex.kind_of(self.faiss)
-        fetch = k * cfg.refine if kind == "ivfpq" and cfg.refine else k
+        kind = self.vectors.kind
+        fetch = k * cfg.refine if kind == "ivfpq" and cfg.refine and cfg.backend == "faiss" else k
         if allowed is not None and (len(allowed) == 0 or (kind != "flat" and len(allowed) <= cfg.exact_filter_max)):
             ids, vectors = meta.vectors_for(self.conn, allowed, self.dim)
-            scores, found = vindex.exact_topk(queries, vectors, ids, k, cfg.metric)
+            scores, found = exact_topk(queries, vectors, ids, k, cfg.metric)
         else:
             fraction = len(allowed) / live if allowed is not None else 1.0
-            scores, found = vindex.search(self.faiss, queries, fetch, cfg, allowed, self.tombstones, fraction)
+            scores, found = self.vectors.search(queries, fetch, allowed, self.tombstones, fraction)
             if fetch > k:  # IVF-PQ: re-score the candidates with the exact vectors
                 rescored = []
                 for query, candidates in zip(queries, found):
                     cand_ids, cand_vectors = meta.vectors_for(self.conn, candidates, self.dim)
-                    rescored.append(vindex.exact_topk(query[None], cand_vectors, cand_ids, k, cfg.metric))
+                    rescored.append(exact_topk(query[None], cand_vectors, cand_ids, k, cfg.metric))
                 scores = np.concatenate([s for s, _ in rescored])  # [q, k]
                 found = np.concatenate([f for _, f in rescored])
         return [meta.hits_for(self.conn, [int(i) for i in row if i >= 0], [float(s) for s, i in zip(srow, row) if i >= 0])
@@ -356,7 +371,7 @@ class RagIndex(FaissSqliteWrites):
 
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.final_path), "generation": self.store["generation"], "kind": self.store["index_kind"],
-                "metric": self.store["metric"], "embedder": self.store["embedder"], **self.store["counts"]}
+                "metric": self.store["metric"], "backend": self.store.get("backend", "faiss"), "embedder": self.store["embedder"], **self.store["counts"]}
 
 
 def _resolved(source: str) -> str:

@@ -16,6 +16,23 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses these tests start (torch and faiss read it)
 
 
+def _has_pymilvus() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
+
+
+# The vector backends every store-level test runs on: faiss files, and Milvus (milvus-lite, the Milvus engine
+# in-process; `pip install -e ".[dev]"` brings it).
+BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(not _has_pymilvus(), reason="needs pymilvus + milvus-lite"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """A vector backend name (`index.backend`): each test taking it runs on faiss and on Milvus."""
+    return request.param
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_faiss_thread():
     import faiss
@@ -75,7 +92,7 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def build_index(minilm, tmp_path_factory) -> Callable[..., Any]:
-    """`build_index(documents_or_texts, path=None, **sections) -> RagIndex` with the MiniLM embedder.
+    """`build_index(documents_or_texts, path=None, backend="faiss", **sections) -> RagIndex` with the MiniLM embedder.
 
     Plain strings become documents `text-N` from `texts/N.txt`; `sections` are RagConfig sections as dicts,
     e.g. `index={"kind": "hnsw"}, chunk={"size": 16, "overlap": 4}`. Without `path`, a fresh temp dir is used.
@@ -84,20 +101,22 @@ def build_index(minilm, tmp_path_factory) -> Callable[..., Any]:
     from mmadapt.rag.chunk import Document, sha256_text
     from mmadapt.rag.store import RagConfig, RagIndex
 
-    def build(items: list[Any], path: str | Path | None = None, **sections: dict[str, Any]) -> Any:
+    def build(items: list[Any], path: str | Path | None = None, backend: str = "faiss", **sections: dict[str, Any]) -> Any:
         docs = [Document(f"texts/{i}.txt", item, f"text-{i}", content_hash=sha256_text(item)) if isinstance(item, str)
                 else item for i, item in enumerate(items)]
         path = Path(path) if path is not None else tmp_path_factory.mktemp("rag") / "index"
+        sections["index"] = {**sections.get("index", {}), "backend": backend}
         index, _ = RagIndex.build(path, docs, from_dict(RagConfig, sections, path="rag"), embedder=minilm)
         return index
 
     return build
 
 
-@pytest.fixture(scope="session")
-def minilm_index_dir(build_index, topic_corpus) -> Path:
-    """An exact (flat, inner-product) MiniLM index of `topic_corpus`; read-only, shared by the session."""
-    return build_index(topic_corpus.documents).path
+@pytest.fixture(scope="session", params=BACKENDS)
+def minilm_index_dir(build_index, topic_corpus, request) -> Path:
+    """A MiniLM index of `topic_corpus` (inner product, exact search at this size) on each backend; read-only,
+    shared by the session."""
+    return build_index(topic_corpus.documents, backend=request.param).path
 
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}

@@ -1,5 +1,6 @@
-"""The persistent index: manifest and checksums, faiss kinds and metrics, incremental add / delete / update,
-de-duplication, embedder and format checks, images, and concurrent writers. Crash safety: test_store_crash.py."""
+"""The persistent index on each vector backend (faiss, Milvus): manifest and checksums, kinds and metrics,
+incremental add / delete / update, de-duplication, embedder and format checks, images, and concurrent writers.
+Crash safety: test_store_crash.py; Milvus's own generations and recovery: test_milvus.py."""
 
 from __future__ import annotations
 
@@ -40,12 +41,16 @@ def test_build_records_format_embedder_metric_counts_and_checksums(minilm_index_
 
     m = manifest(minilm_index_dir)
     store = m["store"]
+    faiss = store["backend"] == "faiss"
     assert m["kind"] == "rag_index" and store["format_version"] == FORMAT_VERSION
-    assert store["embedder"] == minilm.identity and store["metric"] == "ip" and store["index_kind"] == "flat"
+    assert store["embedder"] == minilm.identity and store["metric"] == "ip"
+    assert store["index_kind"] == ("flat" if faiss else "auto")  # faiss chooses by size; Milvus's AUTOINDEX
     assert store["counts"] == {"chunks": 8, "documents": 8, "sources": 8, "tombstones": 0, "vectors": 8}
     gen = f"gen-{store['generation']:06d}"
-    assert sorted(p.name for p in minilm_index_dir.iterdir() if not p.name.startswith(".")) == [gen, "manifest.json"]
-    assert m["files"] == {f"{gen}/{n}": sha256_file(minilm_index_dir / gen / n) for n in ("index.faiss", "meta.sqlite")}
+    own = [gen, "manifest.json"] if faiss else [gen, "manifest.json", "milvus.db"]  # milvus-lite's directory
+    assert sorted(p.name for p in minilm_index_dir.iterdir() if not p.name.startswith(".")) == own
+    files = ("index.faiss", "meta.sqlite") if faiss else ("meta.sqlite",)
+    assert m["files"] == {f"{gen}/{n}": sha256_file(minilm_index_dir / gen / n) for n in files}
     assert m["parents"][0]["path"] == str(default_model_path())  # the embedder's weights are part of the lineage
     assert m["config"]["embedder"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert verify(minilm_index_dir) == []
@@ -77,8 +82,8 @@ def test_search_finds_passages_by_meaning_and_honours_filters(minilm_index_dir, 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_every_kind_and_metric_finds_stored_vectors(tmp_path, minilm, kind, metric):
-    index = empty_index(tmp_path / "idx", minilm, kind=kind, metric=metric, pq_m=16, pq_bits=6)
+def test_every_kind_and_metric_finds_stored_vectors(tmp_path, minilm, kind, metric, backend):
+    index = empty_index(tmp_path / "idx", minilm, backend=backend, kind=kind, metric=metric, pq_m=16, pq_bits=6)
     chunks, vectors = random_chunks(range(300))
     assert index.add_chunks(chunks, vectors).added == 300
     assert manifest(index.path)["store"]["index_kind"] == kind and manifest(index.path)["store"]["metric"] == metric
@@ -112,8 +117,8 @@ def test_kind_follows_size_when_auto_and_ivfpq_waits_for_enough_training_data(tm
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_delete_by_id_source_and_document_then_update(tmp_path, minilm, kind):
-    index = empty_index(tmp_path / "idx", minilm, kind=kind, compact_ratio=0.7)
+def test_delete_by_id_source_and_document_then_update(tmp_path, minilm, kind, backend):
+    index = empty_index(tmp_path / "idx", minilm, backend=backend, kind=kind, compact_ratio=0.7)
     a, va = random_chunks(range(0, 10), source="a.txt")
     b, vb = random_chunks(range(10, 20), source="b.txt", seed=1)
     index.add_chunks(a + b, np.concatenate([va, vb]))
@@ -123,7 +128,7 @@ def test_delete_by_id_source_and_document_then_update(tmp_path, minilm, kind):
     assert index.delete(sources=["b.txt"]) == 0
     assert len(index) == 8 and set(index.chunk_ids()) == {f"r{i}#0" for i in (0, 1, 2, 5, 6, 7, 8, 9)}
     tombstones = index.stats()["tombstones"]
-    assert tombstones == (12 if kind == "hnsw" else 0)  # HNSW cannot remove in place: deleted ids are masked
+    assert tombstones == (12 if (kind, backend) == ("hnsw", "faiss") else 0)  # faiss HNSW masks what it cannot remove
     for i in (3, 4, 10, 15):  # deleted passages are never returned, however close the query
         vec = va[i] if i < 10 else vb[i - 10]
         assert all(h.chunk_id != f"r{i}#0" for h in RagIndex.open(index.path).search(vec[None], k=20)[0])
@@ -139,10 +144,13 @@ def test_delete_by_id_source_and_document_then_update(tmp_path, minilm, kind):
     assert max(rows) == 21  # row ids (faiss ids) are never reused, so a stale HNSW entry can never alias a new one
 
 
-def test_add_skips_duplicates_and_replace_reindexes_a_changed_file(tmp_path, minilm):
+def test_add_skips_duplicates_and_replace_reindexes_a_changed_file(tmp_path, minilm, backend):
+    from mmadapt.config import from_dict
+
     docs = [Document("notes/a.txt", "Harbour seals rest on the rocks at low tide.", "a", content_hash=sha256_text("A")),
             Document("notes/b.txt", "The ferry leaves the pier every hour.", "b", content_hash=sha256_text("B"))]
-    index, report = RagIndex.build(tmp_path / "idx", docs, embedder=minilm)
+    config = from_dict(RagConfig, {"index": {"backend": backend}})
+    index, report = RagIndex.build(tmp_path / "idx", docs, config, embedder=minilm)
     assert report.added == 2
     again = index.add_documents(docs)
     assert again.added == 0 and [r for _, r in again.skipped] == ["duplicate passage (already in notes/a.txt)",
@@ -201,11 +209,19 @@ def test_opening_checks_embedder_format_and_files(minilm_index_dir, tiny_clip, t
         RagIndex.open(copy)
     (copy / "manifest.json").write_text(json.dumps(original))
     gen = copy / f"gen-{original['store']['generation']:06d}"
-    with open(gen / "index.faiss", "ab") as f:
+    if original["store"]["backend"] == "milvus":  # its vectors are not a file: a missing collection is what can break
+        m = json.loads(json.dumps(original))
+        m["store"]["milvus"]["collection"] = "mmadapt_gone"
+        (copy / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(DataError, match="its Milvus collection 'mmadapt_gone' is missing at .*milvus.db; the index is damaged"):
+            RagIndex.open(copy)
+        (copy / "manifest.json").write_text(json.dumps(original))
+    damaged = "index.faiss" if original["store"]["backend"] == "faiss" else "meta.sqlite"
+    with open(gen / damaged, "ab") as f:
         f.write(b"junk")
-    with pytest.raises(DataError, match="index.faiss: .* bytes, the manifest says .*; the index is damaged"):
+    with pytest.raises(DataError, match=f"{damaged}: .* bytes, the manifest says .*; the index is damaged"):
         RagIndex.open(copy)
-    (gen / "index.faiss").write_bytes(b"\0" * original["store"]["sizes"][f"{gen.name}/index.faiss"])
+    (gen / damaged).write_bytes(b"\0" * original["store"]["sizes"][f"{gen.name}/{damaged}"])
     with pytest.raises(DataError, match=f"{gen}: unreadable .*; the index is damaged"):
         RagIndex.open(copy)
     shutil.rmtree(gen)
@@ -243,8 +259,8 @@ def test_images_and_text_share_one_index(tiny_clip, tmp_path):
     assert "needs an image embedder" in skipped.skipped[0][1]
 
 
-def test_a_stale_writer_starts_from_the_latest_generation(tmp_path, minilm):
-    first = empty_index(tmp_path / "idx", minilm)
+def test_a_stale_writer_starts_from_the_latest_generation(tmp_path, minilm, backend):
+    first = empty_index(tmp_path / "idx", minilm, backend=backend)
     second = RagIndex.open(first.path)  # opened before `first` writes
     first.add_chunks(*random_chunks(range(0, 5)))
     assert len(second) == 0  # a reader keeps the generation it opened

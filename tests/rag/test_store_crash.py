@@ -34,14 +34,17 @@ path, stage, start, batch, batches = sys.argv[1], sys.argv[2], *map(int, sys.arg
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-if stage == "faiss-write":  # half of the next generation's index.faiss is on disk
-    real_write = store.vindex.write
-    def write(index, file):
-        real_write(index, file)
-        with open(file, "r+b") as f:
-            f.truncate(os.path.getsize(file) // 2)
-        die()
-    store.vindex.write = write
+if stage == "vectors-save":  # faiss: half the next generation's index.faiss on disk; Milvus: its rows flushed
+    from mmadapt.rag.backends.faiss_vectors import FaissVectors
+    from mmadapt.rag.backends.milvus import MilvusVectors
+    for cls in (FaissVectors, MilvusVectors):
+        def save(self, gen_dir, real_save=cls.save):
+            real_save(self, gen_dir)
+            for name in self.files:
+                with open(gen_dir / name, "r+b") as f:
+                    f.truncate(os.path.getsize(gen_dir / name) // 2)
+            die()
+        cls.save = save
 elif stage == "before-commit":  # the next generation is complete and renamed into place; the manifest is not
     store.index_manifest.write = die
 elif stage == "manifest-rename":  # the new manifest is in its temp file, not yet renamed over manifest.json
@@ -52,7 +55,7 @@ elif stage == "manifest-rename":  # the new manifest is in its temp file, not ye
         real_replace(src, dst)
     os.replace = replace
 elif stage == "cleanup":  # committed; killed while removing the previous generation
-    import shutil  # the write path (rag/backends/faiss_sqlite.py) removes old generations with it
+    import shutil  # the write path (rag/writes.py) removes old generations with it
     shutil.rmtree = die
 
 index = store.RagIndex.open(path)
@@ -81,28 +84,40 @@ def writer(path: Path, stage: str, start: int, batch: int, batches: int) -> subp
 def leftovers(path: Path) -> list[str]:
     """Entries that are not the committed generation, the manifest or the lock file."""
     current = f"gen-{json.loads((path / 'manifest.json').read_text())['store']['generation']:06d}"
-    return sorted(p.name for p in path.iterdir() if p.name not in (current, "manifest.json", ".lock"))
+    return sorted(p.name for p in path.iterdir() if p.name not in (current, "manifest.json", ".lock", "milvus.db"))
 
 
-def assert_consistent(path: Path, expected: int) -> RagIndex:
-    """The index opens, and its manifest, SQLite rows and faiss vectors all agree on `expected` passages."""
+def assert_consistent(path: Path, expected: int, written: bool = False) -> RagIndex:
+    """The index opens, and its manifest, SQLite rows and vectors all agree on `expected` passages; once `written`
+    since a crash, Milvus holds no row of the killed write either."""
     from mmadapt.lineage import verify
 
     index = RagIndex.open(path)
-    assert len(index) == expected and len(index.chunk_ids()) == expected and index.faiss.ntotal == expected
+    assert len(index) == expected and len(index.chunk_ids()) == expected and index.vectors.ntotal == expected
     assert index.stats()["vectors"] == expected
     assert verify(path) == []  # every file the manifest names hashes as recorded
+    if written and index.store["backend"] == "milvus":
+        every = index.vectors.client.query(index.vectors.collection, filter="", output_fields=["count(*)"])
+        assert every[0]["count(*)"] == expected
     return index
+
+
+def create(path: Path, minilm, backend: str) -> RagIndex:
+    from mmadapt.config import from_dict
+    from mmadapt.rag.store import RagConfig
+
+    return RagIndex.create(path, from_dict(RagConfig, {"index": {"backend": backend}}), embedder=minilm)
 
 
 @pytest.fixture
-def index20(tmp_path, minilm) -> RagIndex:
-    index = RagIndex.create(tmp_path / "idx", embedder=minilm)
+def index20(tmp_path, minilm, backend) -> RagIndex:
+    index = create(tmp_path / "idx", minilm, backend)
     add(index, range(20))
+    index.close(release=True)  # milvus-lite: one process at a time, and the writer is another one
     return index
 
 
-@pytest.mark.parametrize("stage,survives", [("faiss-write", False), ("before-commit", False),
+@pytest.mark.parametrize("stage,survives", [("vectors-save", False), ("before-commit", False),
                                             ("manifest-rename", False), ("cleanup", True)])
 def test_a_writer_killed_at_each_stage_leaves_the_last_committed_state(index20, stage, survives):
     path = index20.path
@@ -114,13 +129,14 @@ def test_a_writer_killed_at_each_stage_leaves_the_last_committed_state(index20, 
     index = assert_consistent(path, 30 if survives else 20)
     assert ("c100#0" in index.chunk_ids()) == survives
     add(index, range(200, 205))  # the next write succeeds, keeps everything committed and clears the leftovers
-    assert_consistent(path, 35 if survives else 25)
+    assert_consistent(path, 35 if survives else 25, written=True)
     assert leftovers(path) == []
 
 
-def test_a_writer_killed_from_outside_mid_write_leaves_a_committed_state(tmp_path, minilm):
-    index = RagIndex.create(tmp_path / "idx", embedder=minilm)
+def test_a_writer_killed_from_outside_mid_write_leaves_a_committed_state(tmp_path, minilm, backend):
+    index = create(tmp_path / "idx", minilm, backend)
     add(index, range(3000))  # a few MB per generation: each write takes long enough to be caught inside
+    index.close(release=True)
     path, batch = index.path, 25
     for attempt in range(3):  # a loaded machine may miss the window; each attempt continues from the committed state
         start = 10_000 * (attempt + 1)
@@ -148,5 +164,5 @@ def test_a_writer_killed_from_outside_mid_write_leaves_a_committed_state(tmp_pat
     assert_consistent(path, len(index))
     before = len(index)
     add(index, range(90_000, 90_010))
-    assert_consistent(path, before + 10)
+    assert_consistent(path, before + 10, written=True)
     assert leftovers(path) == []

@@ -1,4 +1,5 @@
-"""The faiss + SQLite write path of `RagIndex`: generations committed through the manifest, rebuilds, updates."""
+"""The write path of `RagIndex`: generations committed through the manifest (SQLite copied, the vector backend
+begun, saved, committed), rebuilds, updates and re-embedding."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import numpy as np
 from mmadapt.config import to_dict
 from mmadapt.io import atomic_directory
 from mmadapt.lineage import describe_input
-from mmadapt.rag import index as vindex
 from mmadapt.rag import manifest as index_manifest
 from mmadapt.rag import meta
 from mmadapt.rag.chunk import Chunk, Document
@@ -39,8 +39,9 @@ class UpdateReport:
 
 
 
-class FaissSqliteWrites:
-    """Writes of a faiss + SQLite index directory; mixed into `RagIndex`, which holds the state used here."""
+class IndexWrites:
+    """Writes of an index directory; mixed into `RagIndex`, which holds the state used here (`self.vectors`: its
+    VectorBackend)."""
 
     # ----------------------------------------------------------------------------- writing
     @contextlib.contextmanager
@@ -55,6 +56,7 @@ class FaissSqliteWrites:
             gen = max([current, *existing]) + 1
             final = self.path / f"gen-{gen:06d}"
             try:
+                self.vectors.begin(gen)
                 with atomic_directory(final) as tmp:
                     shutil.copyfile(self.gen_dir / "meta.sqlite", tmp / "meta.sqlite")
                     conn = sqlite3.connect(tmp / "meta.sqlite")
@@ -62,20 +64,22 @@ class FaissSqliteWrites:
                     try:
                         yield conn
                         self._maybe_rebuild(conn)
-                        self.store["counts"] = {**meta.counts(conn), "vectors": int(self.faiss.ntotal)}
+                        self.store["counts"] = {**meta.counts(conn), "vectors": self.vectors.ntotal}
                         conn.commit()
                     finally:
                         conn.close()
-                    vindex.write(self.faiss, str(tmp / "index.faiss"))
-                    for name in ("meta.sqlite", "index.faiss"):
+                    self.vectors.save(tmp)
+                    for name in ("meta.sqlite", *self.vectors.files):
                         index_manifest.fsync(tmp / name)
             except BaseException:
+                self.vectors.abort()
                 self._close()
-                self._load()  # the in-memory faiss index may hold half the change: back to the committed state
+                self._load()  # the in-memory index may hold half the change: back to the committed state
                 raise
-            self.store.update(generation=gen, index_kind=vindex.kind_of(self.faiss))
+            self.store.update(generation=gen, **self.vectors.describe())
             index_manifest.write(self.path, self.final_path, self.manifest["config"], self.manifest["parents"], self.store,
-                            final, created=self.manifest.get("created"))
+                            final, ("meta.sqlite", *self.vectors.files), created=self.manifest.get("created"))
+            self.vectors.committed()
             self._close()
             self._load()
             for stale in self.path.iterdir():  # earlier generations and temp files left by killed writers
@@ -87,31 +91,14 @@ class FaissSqliteWrites:
                     stale.unlink(missing_ok=True)
 
     def _maybe_rebuild(self, conn: sqlite3.Connection) -> None:
-        """Rebuild faiss from the stored vectors when its kind should change, HNSW has many tombstones,
-        or IVF-PQ has outgrown the set its codebooks were trained on."""
-        cfg = self.config.index
+        """Let the backend rebuild its search structure from the stored vectors (faiss: a kind changing with size,
+        HNSW compaction, IVF-PQ retraining)."""
         live = conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
         dead = conn.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0]
-        kind = vindex.kind_of(self.faiss)
-        want = vindex.resolve_kind(cfg, live)
-        if want == "ivfpq" and live < vindex.min_train_size(cfg):
-            want = "flat"  # too few passages to train codebooks yet (kept exact until there are)
-        trained = self.store.get("trained_on", 0)
-        reasons = []
-        if want != kind:
-            reasons.append(f"{kind} -> {want} for {live} passages")
-        if dead and dead > cfg.compact_ratio * max(self.faiss.ntotal, 1):
-            reasons.append(f"compacting {dead} deleted vectors")
-        if kind == "ivfpq" and want == kind and live > cfg.retrain_growth * max(trained, 1):
-            reasons.append(f"retraining IVF-PQ ({trained} -> {live} passages)")
-        if not reasons:
-            return
-        logger.info("rebuilding the faiss index: %s", "; ".join(reasons))
-        ids, vectors = meta.all_vectors(conn, self.dim)
-        self.faiss = vindex.new_index(want, self.dim, cfg, train=_training_sample(vectors) if want == "ivfpq" else None)
-        vindex.add(self.faiss, vectors, ids)
-        conn.execute("DELETE FROM tombstones")
-        self.store["trained_on"] = live if want == "ivfpq" else 0
+        reasons = self.vectors.maybe_rebuild(lambda: meta.all_vectors(conn, self.dim), live, dead)
+        if reasons:
+            logger.info("rebuilt the vector index: %s", "; ".join(reasons))
+            conn.execute("DELETE FROM tombstones")
 
     def _dedup(self, conn: sqlite3.Connection, chunks: list[Chunk], report: AddReport) -> list[int]:
         """Indices of `chunks` to keep: documents and passages whose content is already indexed are skipped."""
@@ -133,7 +120,7 @@ class FaissSqliteWrites:
 
     def _delete_rows(self, conn: sqlite3.Connection, rows: np.ndarray) -> None:
         if len(rows):
-            removed = vindex.remove(self.faiss, rows)
+            removed = self.vectors.remove(rows)
             meta.delete(conn, rows, tombstone=not removed)
 
     def update_documents(self, documents: list[Document]) -> UpdateReport:
@@ -168,7 +155,7 @@ class FaissSqliteWrites:
         matrix = np.stack(vectors) if write else np.zeros((0, self.dim), dtype=np.float32)  # [n, dim]
         with self._transaction() as conn:
             self._delete_rows(conn, meta.ids_for(conn, chunk_ids=[c.chunk_id for c in write] + removed))
-            vindex.add(self.faiss, matrix, meta.insert(conn, write, matrix))
+            self.vectors.add(matrix, meta.insert(conn, write, matrix))
         logger.info("updated %s: %s", self.final_path, report)
         return report
 
@@ -201,18 +188,5 @@ class FaissSqliteWrites:
                 conn.executemany("UPDATE chunks SET vector = ? WHERE id = ?",
                                  [(meta.to_blob(v), r[0]) for v, r in zip(vectors, part)])
             ids, vectors = meta.all_vectors(conn, self.dim)
-            kind = vindex.resolve_kind(self.config.index, len(ids))
-            if kind == "ivfpq" and len(ids) < vindex.min_train_size(self.config.index):
-                kind = "flat"
-            self.faiss = vindex.new_index(kind, self.dim, self.config.index,
-                                          train=_training_sample(vectors) if kind == "ivfpq" else None)
-            vindex.add(self.faiss, vectors, ids)
+            self.vectors.rebuild(ids, vectors)
             conn.execute("DELETE FROM tombstones")
-            self.store["trained_on"] = len(ids) if kind == "ivfpq" else 0
-
-
-def _training_sample(vectors: np.ndarray, limit: int = 200_000, seed: int = 0) -> np.ndarray:
-    """At most `limit` rows, drawn reproducibly (codebooks need a sample, not the whole corpus)."""
-    if len(vectors) <= limit:
-        return vectors
-    return vectors[np.random.default_rng(seed).choice(len(vectors), limit, replace=False)]
