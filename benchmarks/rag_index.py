@@ -1,10 +1,15 @@
-"""Build time, memory, query latency p50/p99 and recall@10 of the RAG indices (HNSW, IVF-PQ) against exact search.
+"""Build time and rate, memory, query latency p50/p99 and recall@10 of the RAG indices (faiss HNSW, IVF-PQ; Milvus)
+against exact search.
 
     python benchmarks/rag_index.py [--n 1000000] [--dim 384] [--queries 1000] [--minilm-n 10000]
                                    [--ef-search 128,256] [--nprobe 64,128] [--hnsw-m 32] [--ef-construction 80]
-                                   [--nlist N] [--pq-m 96] [--refine 4] [--faiss-threads 1] [--kinds flat,hnsw,ivfpq]
+                                   [--nlist N] [--pq-m 96] [--refine 4] [--faiss-threads 1]
+                                   [--kinds flat,hnsw,ivfpq,milvus-hnsw] [--milvus-n 100000]
 
-Two corpora, each indexed by every kind in --kinds (flat = exact search, the reference; hnsw; ivfpq):
+Two corpora, each indexed by every kind in --kinds (flat = exact faiss search, the reference; hnsw; ivfpq; and
+`milvus-KIND`: the same vectors in the Milvus backend, `mmadapt.rag.backends.milvus.MilvusVectors`, on milvus-lite,
+the Milvus engine in this process; a Milvus server would be the same client calls over the network). Milvus rows
+index the first --milvus-n vectors only when the corpus is larger (their recall is against the exact top 10 of those).
 - `mixture`: --n vectors of width --dim from a Gaussian mixture on the unit sphere with the structure
   of real text embeddings (a shared mean direction, clusters of Zipf-distributed sizes, centres and
   spread concentrated in a few directions). Uniform random vectors are a worst case no real corpus has.
@@ -25,7 +30,8 @@ on a machine busy with other jobs, OpenMP's workers wait for a scheduler slice a
 region, which made IVF-PQ training 4x slower and added ~8 ms to every single-query search here;
 0 keeps faiss's default, all cores). The last column repeats p50 with faiss's default threads on up
 to 100 queries, which is what a caller who never sets them gets.
-Index MB is faiss's serialised size; RSS +MB what building the index added to the process.
+Index MB is faiss's serialised size (Milvus: the lite directory on disk); RSS +MB what building the index added to
+the process; vec/s: vectors indexed per second of build.
 The issue's target: p50 < 5 ms at recall@10 >= 0.95 on 1M vectors.
 """
 
@@ -45,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 K = 10
-KINDS = ("flat", "hnsw", "ivfpq")
+KINDS = ("flat", "hnsw", "ivfpq", "milvus-hnsw")
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -160,7 +166,7 @@ def index_config(args: argparse.Namespace, kind: str, **override) -> "object":
 
     given = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "nlist": args.nlist, "pq_m": args.pq_m,
              "refine": args.refine}
-    return IndexConfig(kind=kind, **{k: v for k, v in given.items() if v is not None}, **override)
+    return IndexConfig(kind=kind, **{k: v for k, v in {**given, **override}.items() if v is not None})
 
 
 def timed_queries(index, queries: np.ndarray, cfg, vectors: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -181,11 +187,76 @@ def timed_queries(index, queries: np.ndarray, cfg, vectors: np.ndarray, kind: st
     return found, seconds
 
 
+def warm(backend, queries: np.ndarray, settle_s: float = 30.0) -> None:
+    """Search for `settle_s` seconds first: milvus-lite keeps compacting segments for a while after a large insert
+    (searches ran 3-5x slower for ~20 s after its index reported itself finished)."""
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        for query in queries:
+            backend.search(query[None], K, None, None, 1.0)
+
+
+def milvus_child(args: argparse.Namespace, root: Path, corpus: str, kind: str) -> list[dict]:
+    """The Milvus backend as the store drives it: one write (begin, add, flush, commit), then searches."""
+    from mmadapt.rag.backends.milvus import MilvusVectors
+
+    vectors = np.load(root / f"{corpus}-vectors.npy")[: args.milvus_n]
+    queries = np.load(root / f"{corpus}-queries.npy")
+    truth = np.load(root / f"{corpus}-truth.npy")
+    if len(vectors) < len(np.load(root / f"{corpus}-vectors.npy", mmap_mode="r")):
+        from mmadapt.rag import index as vindex  # the exact top 10 among the vectors Milvus holds
+
+        flat = vindex.new_index("flat", vectors.shape[1], index_config(args, "flat"))
+        vindex.add(flat, vectors, np.arange(len(vectors)))
+        truth = vindex.search(flat, queries, K, index_config(args, "flat"))[1]
+    inner = kind.removeprefix("milvus-")
+    before = rss_mb()
+    cfg = index_config(args, inner, backend="milvus")
+    folder = root / f"{corpus}-{kind}"
+    folder.mkdir()
+    start = time.perf_counter()
+    backend = MilvusVectors.create(folder, cfg, vectors.shape[1])
+    backend.begin(2)
+    backend.add(vectors, np.arange(len(vectors)))
+    backend.save(folder)
+    backend.committed()
+    deadline = time.monotonic() + 1800  # Milvus builds its index in the background: part of the build's time
+    while time.monotonic() < deadline:
+        state = backend.client.describe_index(backend.collection, "vector")
+        if not state.get("pending_index_rows") and state.get("state") in ("Finished", None):
+            break
+        time.sleep(0.2)
+    build = time.perf_counter() - start
+    added = rss_mb() - before
+    settings = {"flat": [{}], "hnsw": [{"ef_search": e} for e in args.ef_search],
+                "ivfpq": [{"nprobe": p} for p in args.nprobe], "auto": [{}]}[inner]
+    rows = []
+    for setting in settings:
+        backend.config = index_config(args, inner, backend="milvus", **setting)
+        warm(backend, queries[:20], settle_s=30.0 if not rows else 2.0)
+        found = np.empty((len(queries), K), dtype=np.int64)
+        seconds = np.empty(len(queries))
+        for i, query in enumerate(queries):
+            t = time.perf_counter()
+            found[i] = backend.search(query[None], K, None, None, 1.0)[1][0]
+            seconds[i] = time.perf_counter() - t
+        recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)])
+        rows.append({"kind": kind, "setting": ", ".join(f"{k} {v}" for k, v in setting.items()) or "exact",
+                     "build_s": build, "vectors": len(vectors), "recall": float(recall),
+                     "p50_ms": 1000 * float(np.percentile(seconds, 50)), "p99_ms": 1000 * float(np.percentile(seconds, 99)),
+                     "threads": 0, "p50_default_threads_ms": float("nan")})
+    backend.close()
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    for row in rows:
+        row.update(index_mb=size / 2**20, rss_added_mb=added, peak_rss_mb=rss_mb("VmHWM"))
+    return rows
+
+
 def child(args: argparse.Namespace, root: Path, corpus: str, kind: str) -> list[dict]:
     import faiss
 
     from mmadapt.rag import index as vindex
-    from mmadapt.rag.store import _training_sample  # the store's IVF-PQ training sample
+    from mmadapt.rag.backends.faiss_vectors import training_sample as _training_sample  # the store's IVF-PQ sample
 
     default_threads = faiss.omp_get_max_threads()
     if args.faiss_threads:
@@ -218,7 +289,7 @@ def child(args: argparse.Namespace, root: Path, corpus: str, kind: str) -> list[
         _, default_seconds = timed_queries(index, timed[:100], cfg, vectors, kind)
         recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)])
         rows.append({"kind": kind, "setting": ", ".join(f"{k} {v}" for k, v in setting.items()) or "exact",
-                     "build_s": build, "recall": float(recall), "p50_ms": 1000 * float(np.percentile(seconds, 50)),
+                     "build_s": build, "vectors": len(vectors), "recall": float(recall), "p50_ms": 1000 * float(np.percentile(seconds, 50)),
                      "p99_ms": 1000 * float(np.percentile(seconds, 99)), "threads": default_threads,
                      "p50_default_threads_ms": 1000 * float(np.percentile(default_seconds, 50))})
     peak = rss_mb("VmHWM")  # before serialising, which holds a copy
@@ -240,7 +311,7 @@ def run_corpus(args: argparse.Namespace, root: Path, corpus: str) -> list[dict]:
     rows = []
     for kind in ["flat"] + [k for k in args.kinds if k != "flat"]:  # flat first: it writes the ground truth
         cmd = [sys.executable, __file__, "--child", f"{corpus}:{kind}", "--root", str(root)]
-        for key in ("hnsw_m", "ef_construction", "nlist", "pq_m", "refine", "faiss_threads", "exact_queries"):
+        for key in ("hnsw_m", "ef_construction", "nlist", "pq_m", "refine", "faiss_threads", "exact_queries", "milvus_n"):
             if getattr(args, key) is not None:
                 cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         cmd += ["--ef-search", ",".join(map(str, args.ef_search)), "--nprobe", ",".join(map(str, args.nprobe))]
@@ -255,11 +326,11 @@ def run_corpus(args: argparse.Namespace, root: Path, corpus: str) -> list[dict]:
 def print_table(title: str, rows: list[dict]) -> None:
     exact = next(r for r in rows if r["kind"] == "flat")
     print(f"\n{title}")
-    print(f"{'index':<8}{'setting':<14}{'build s':>9}{'index MB':>10}{'RSS +MB':>9}{'peak RSS MB':>12}"
+    print(f"{'index':<13}{'setting':<14}{'build s':>9}{'vec/s':>9}{'index MB':>10}{'RSS +MB':>9}{'peak RSS MB':>12}"
           f"{'p50 ms':>9}{'p99 ms':>9}{'recall@10':>11}{'p50 / exact':>13}{'MB / exact':>12}"
           f"{'p50 ms ' + str(exact['threads']) + ' thr':>14}")
     for r in rows:
-        print(f"{r['kind']:<8}{r['setting']:<14}{r['build_s']:>9.1f}{r['index_mb']:>10.0f}{r['rss_added_mb']:>9.0f}"
+        print(f"{r['kind']:<13}{r['setting']:<14}{r['build_s']:>9.1f}{r['vectors'] / r['build_s']:>9.0f}{r['index_mb']:>10.0f}{r['rss_added_mb']:>9.0f}"
               f"{r['peak_rss_mb']:>12.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['recall']:>11.3f}"
               f"{r['p50_ms'] / exact['p50_ms']:>13.3f}{r['index_mb'] / exact['index_mb']:>12.3f}"
               f"{r['p50_default_threads_ms']:>14.2f}")
@@ -292,12 +363,15 @@ def main() -> None:
     parser.add_argument("--faiss-threads", type=int, default=1,
                         help="faiss threads for building and timed searches (0: faiss's default; see the docstring)")
     parser.add_argument("--exact-queries", type=int, default=100, help="queries timed one by one on the exact index")
+    parser.add_argument("--milvus-n", type=int, default=100_000,
+                        help="Milvus rows index at most this many of the corpus's vectors (milvus-lite is one process)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         corpus, kind = args.child.split(":")
-        print("RESULT " + json.dumps(child(args, Path(args.root), corpus, kind)))
+        run = milvus_child if kind.startswith("milvus-") else child
+        print("RESULT " + json.dumps(run(args, Path(args.root), corpus, kind)))
         return
 
     root = Path(tempfile.mkdtemp(prefix="mmadapt-rag-bench-"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ def _build_config(args: argparse.Namespace) -> Any:
 
     overrides = list(args.set)
     for flag, key in (("embedder", "embedder.name"), ("embedder_type", "embedder.type"), ("kind", "index.kind"),
-                      ("metric", "index.metric"), ("chunk_size", "chunk.size"), ("overlap", "chunk.overlap")):
+                      ("metric", "index.metric"), ("chunk_size", "chunk.size"), ("overlap", "chunk.overlap"),
+                      ("backend", "index.backend"), ("uri", "index.uri"), ("collection", "index.collection")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -277,6 +279,25 @@ def _retrieval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _releasing(command: Any) -> Any:
+    """A CLI command that, once done, stops the milvus-lite servers it started: milvus-lite lets one process at a
+    time open a database, and a command (even run in-process) must not keep it from the next one."""
+
+    def started() -> set[str]:
+        manager = sys.modules.get("milvus_lite.server_manager")
+        return set(getattr(manager.server_manager_instance, "_servers", {})) if manager else set()
+
+    def run(args: argparse.Namespace) -> int:
+        before = started()
+        try:
+            return command(args)
+        finally:
+            for path in started() - before:
+                sys.modules["milvus_lite.server_manager"].server_manager_instance.release_server(path)
+
+    return run
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     rag = sub.add_parser("rag", help="build, update and query retrieval indices; answer with citations")
     cmds = rag.add_subparsers(dest="rag_command", metavar="ACTION", required=True)
@@ -293,18 +314,22 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int)
     p.add_argument("--overlap", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
-    p.set_defaults(func=build)
+    p.add_argument("--backend", choices=["faiss", "milvus"], help="where vectors are searched (default faiss)")
+    p.add_argument("--uri", help="milvus: a server (http://HOST:19530) or a milvus-lite directory (*.db); "
+                                 "default: milvus.db inside the index")
+    p.add_argument("--collection", help="milvus: the collection's name (default: mmadapt_<random>)")
+    p.set_defaults(func=_releasing(build))
 
     p = cmds.add_parser("add", help="add files to an index (--replace: re-index changed files)")
     p.add_argument("index")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--replace", action="store_true", help="first remove the passages these files held before")
-    p.set_defaults(func=add)
+    p.set_defaults(func=_releasing(add))
 
     p = cmds.add_parser("update", help="replace the records (documents) a file names by id, embedding only what changed")
     p.add_argument("index")
     p.add_argument("inputs", nargs="+")
-    p.set_defaults(func=update)
+    p.set_defaults(func=_releasing(update))
 
     p = cmds.add_parser("tune", help="adapt the retriever to the corpus: fine-tune the embedder, train a reranker, "
                                      "re-embed the index")
@@ -325,21 +350,21 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reembed", action="store_true", help="leave the index as it is")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `rag tune` output at --out")
-    p.set_defaults(func=tune_cli)
+    p.set_defaults(func=_releasing(tune_cli))
 
     p = cmds.add_parser("delete", help="delete passages by chunk id, source file or document id")
     p.add_argument("index")
     p.add_argument("--id", action="append", help="chunk id (repeatable)")
     p.add_argument("--source", action="append", help="source file as indexed (repeatable)")
     p.add_argument("--doc", action="append", help="document id, e.g. a JSONL record id (repeatable)")
-    p.set_defaults(func=delete)
+    p.set_defaults(func=_releasing(delete))
 
     p = cmds.add_parser("query", help="retrieve passages for a text (or image) query")
     p.add_argument("index")
     p.add_argument("text", nargs="?")
     p.add_argument("--image", help="an image as the query (index built with an open_clip embedder)")
     _retrieval_flags(p)
-    p.set_defaults(func=query)
+    p.set_defaults(func=_releasing(query))
 
     p = cmds.add_parser("ask", help="answer a question with a model, citing the retrieved passages")
     p.add_argument("index")
@@ -351,7 +376,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    "(default: the layout the model was trained with, from its saved config)")
     p.add_argument("--show-prompt", action="store_true", help="print the prompt sent to the model")
     _retrieval_flags(p)
-    p.set_defaults(func=ask, k=None)  # -k: default the k the model was trained with (its data.retrieval.k), else 5
+    p.set_defaults(func=_releasing(ask), k=None)  # -k: default the k the model was trained with (its data.retrieval.k), else 5
 
     p = cmds.add_parser("eval", help="recall@k and MRR of retrieval on judged queries")
     p.add_argument("index")
@@ -359,7 +384,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("relevant", nargs="?", help="JSONL {id, relevant: [ids]} or TSV query_id<TAB>relevant_id")
     p.add_argument("--at", type=_positive_int, nargs="+", default=[1, 5, 10], help="the k of recall@k (default 1 5 10)")
     _retrieval_flags(p)
-    p.set_defaults(func=evaluate_cli)
+    p.set_defaults(func=_releasing(evaluate_cli))
 
     p = cmds.add_parser("radit", help="write retrieval-augmented SFT conversations (RA-DIT) from QA records")
     p.add_argument("index")
@@ -369,9 +394,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distractors", type=int, default=1, help="random passages added to each prompt")
     p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default="dense")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=radit)
+    p.set_defaults(func=_releasing(radit))
 
     p = cmds.add_parser("info", help="counts, embedder and kind of an index (--verify re-hashes its files)")
     p.add_argument("index")
     p.add_argument("--verify", action="store_true")
-    p.set_defaults(func=info)
+    p.set_defaults(func=_releasing(info))

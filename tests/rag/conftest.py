@@ -13,18 +13,9 @@ from typing import Any, Callable
 
 import pytest
 
+from rag_helpers import BACKENDS
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses these tests start (torch and faiss read it)
-
-
-def _has_pymilvus() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
-
-
-# The vector backends every store-level test runs on: faiss files, and Milvus (milvus-lite, the Milvus engine
-# in-process; `pip install -e ".[dev]"` brings it).
-BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(not _has_pymilvus(), reason="needs pymilvus + milvus-lite"))]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,10 +1,22 @@
-"""Helpers for the retrieval and model-attachment tests: a corpus where dense and lexical retrieval each miss
-something, a tiny cross-encoder built offline, and tiny (multimodal) language models."""
+"""Helpers for the retrieval and model-attachment tests: the vector backends to run on, a corpus where dense and
+lexical retrieval each miss something, a tiny cross-encoder built offline, and tiny (multimodal) language models."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+
+def has_milvus() -> bool:
+    return importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
+
+
+# The vector backends every store-level test runs on: faiss files, and Milvus (milvus-lite, the Milvus engine
+# in-process; `pip install -e ".[dev]"` brings it).
+BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(not has_milvus(), reason="needs pymilvus + milvus-lite"))]
 
 # Paraphrased queries share no word with any passage: only a dense retriever can find their passage.
 TOPICS = [

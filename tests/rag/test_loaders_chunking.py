@@ -64,12 +64,12 @@ def test_a_reranker_without_a_trained_head_is_refused():
         check_reranker(str(default_model_path()))  # an embedder's encoder: no classification head
 
 
-def test_a_reader_sees_a_writers_new_generation(build_index, topic_corpus, minilm, tmp_path):
+def test_a_reader_sees_a_writers_new_generation(build_index, topic_corpus, minilm, tmp_path, backend):
     import numpy as np
 
     from mmadapt.rag.store import RagIndex
 
-    build_index(topic_corpus.documents[:4], path=tmp_path / "idx")
+    build_index(topic_corpus.documents[:4], path=tmp_path / "idx", backend=backend)
     reader = RagIndex.open(tmp_path / "idx", embedder=minilm)
     before = reader.store["generation"]
     query = minilm.embed_queries([topic_corpus.queries[5]])

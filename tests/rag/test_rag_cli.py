@@ -13,6 +13,8 @@ import pytest
 
 from mmadapt.cli import main
 
+from rag_helpers import BACKENDS
+
 
 def mmadapt(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -20,16 +22,17 @@ def mmadapt(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def cli_index(tmp_path_factory, topic_corpus) -> tuple[Path, Path]:
-    """(corpus dir, index dir) built by `mmadapt rag build` from one .txt file per topic plus one unreadable file."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def cli_index(tmp_path_factory, topic_corpus, request) -> tuple[Path, Path]:
+    """(corpus dir, index dir) built by `mmadapt rag build` from one .txt file per topic plus one unreadable file,
+    on each vector backend."""
     root = tmp_path_factory.mktemp("cli")
     docs = root / "docs"
     docs.mkdir()
     for d in topic_corpus.documents[:7]:  # the last topic is added later with `rag add`
         (docs / f"{d.metadata['topic']}.txt").write_text(d.text + "\n")
     (docs / "scan.txt").write_bytes(b"\x00\x01\x02binary")
-    out = mmadapt("build", docs, "--out", root / "index", "--kind", "flat", "--overlap", "8")
+    out = mmadapt("build", docs, "--out", root / "index", "--kind", "flat", "--overlap", "8", "--backend", request.param)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "7 files read, 7 documents, 1 skipped" in out.stdout
     assert f"skipped {docs / 'scan.txt'}: binary file (NUL bytes), not text" in out.stdout

@@ -4,7 +4,7 @@ image queries, and the recall@k / MRR metrics."""
 from __future__ import annotations
 
 import pytest
-from rag_helpers import code_queries, corpus_documents, make_cross_encoder, topic_queries
+from rag_helpers import BACKENDS, code_queries, corpus_documents, make_cross_encoder, topic_queries
 
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.rag.retrieve import (
@@ -13,10 +13,11 @@ from mmadapt.rag.retrieve import (
 )
 
 
-@pytest.fixture(scope="module")
-def index(build_index):
-    """Five topic passages (found only by meaning) and six fault-code passages (told apart only by their code)."""
-    return build_index(corpus_documents())
+@pytest.fixture(scope="module", params=BACKENDS)
+def index(build_index, request):
+    """Five topic passages (found only by meaning) and six fault-code passages (told apart only by their code), on
+    each vector backend."""
+    return build_index(corpus_documents(), backend=request.param)
 
 
 def retriever(index, **config):

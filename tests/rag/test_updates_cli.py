@@ -17,11 +17,11 @@ def query_ids(capsys, index, text, *filters):
     return [line.split()[2] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
 
 
-def test_update_replace_and_user_metadata(tmp_path, capsys, monkeypatch):
+def test_update_replace_and_user_metadata(tmp_path, capsys, monkeypatch, backend):
     monkeypatch.chdir(tmp_path)
     records = [{"id": f"r{i}", "text": f"record {i} about topic {i}", "source": "crm" if i % 2 else "web"} for i in range(6)]
     write(tmp_path / "docs.jsonl", records)
-    assert main(["rag", "build", "docs.jsonl", "--out", "idx"]) == 0
+    assert main(["rag", "build", "docs.jsonl", "--out", "idx", "--backend", backend]) == 0
     records[2]["text"] = "record 2 now speaks of volcanoes"
     write(tmp_path / "docs.jsonl", records)
     capsys.readouterr()
