@@ -132,11 +132,20 @@ class RagIndex(IndexWrites):
         # --overwrite replaces an earlier index only, never a directory holding files mmadapt did not write
         # (dot entries inside an index are its lock and killed writers' temp copies)
         own = {p.name for p in path.iterdir() if p.name.startswith(".")} if path.is_dir() else set()
+        replaced = read_manifest(path) if overwrite and (path / MANIFEST).is_file() else None
+        if replaced is not None and replaced["store"].get("backend") == "milvus":
+            from mmadapt.rag.backends.milvus import LITE_DIR
+
+            own.add(LITE_DIR)  # its milvus-lite directory
         check_output_dir(path, index_manifest.KIND, overwrite, ignore=own)
         with atomic_directory(path, overwrite=True) as tmp:
             built = cls.create(tmp, config, embedder, final_path=path)
             report = built.add_documents(documents)
             built.close(release=True)  # before the directory moves (milvus-lite's server holds its old path)
+            if replaced is not None:
+                _retire(path, replaced, before_move=True)
+        if replaced is not None:
+            _retire(path, replaced, before_move=False)
         return cls(path, embedder), report
 
     def _signature(self) -> tuple[int, int, int]:
@@ -369,9 +378,37 @@ class RagIndex(IndexWrites):
         self._refresh()
         return [r[0] for r in self.conn.execute("SELECT chunk_id FROM chunks ORDER BY id")]
 
+    def check_vectors(self) -> list[str]:
+        """Problems found comparing the vector backend with the passages: one vector per live passage (plus faiss
+        HNSW's deleted ones awaiting compaction). `rag info --verify` adds this to the file hashes."""
+        held, live, dead = self.vectors.ntotal, len(self), int(self.store["counts"]["tombstones"])
+        if held == live + dead:
+            return []
+        where = self.store.get("backend", "faiss")
+        return [f"{self.final_path}: the {where} vectors hold {held} entries for {live} passages"
+                + (f" and {dead} deleted ones awaiting compaction" if dead else "")
+                + "; rebuild the index (`mmadapt rag build --overwrite`)"]
+
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.final_path), "generation": self.store["generation"], "kind": self.store["index_kind"],
                 "metric": self.store["metric"], "backend": self.store.get("backend", "faiss"), "embedder": self.store["embedder"], **self.store["counts"]}
+
+
+def _retire(path: Path, manifest: dict[str, Any], before_move: bool) -> None:
+    """What an index replaced by `build(overwrite=True)` keeps outside its files: before the new directory moves in,
+    this process's milvus-lite server on the old one stops; once it has, the old Milvus collections are dropped
+    (lite ones inside the index went with its directory)."""
+    if manifest["store"].get("backend") != "milvus":
+        return
+    from mmadapt.rag.backends.milvus import MilvusVectors, release_lite
+
+    index_config = from_dict(RagConfig, manifest.get("config", {}), path="manifest.config").index
+    uri, lite = MilvusVectors.where(path, index_config)
+    if before_move:
+        if lite:
+            release_lite(uri)
+    elif index_config.uri is not None:
+        MilvusVectors.drop_all(uri, lite, manifest["store"].get("milvus", {}).get("name"))
 
 
 def _resolved(source: str) -> str:

@@ -249,7 +249,7 @@ def info(args: argparse.Namespace) -> int:
     if args.verify:
         from mmadapt.lineage import verify
 
-        problems = verify(args.index)
+        problems = verify(args.index) + index.check_vectors()
         print("verify: OK" if not problems else "verify: FAILED\n  " + "\n  ".join(problems))
         return 1 if problems else 0
     return 0

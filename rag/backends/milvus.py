@@ -81,7 +81,7 @@ class MilvusVectors:
 
     # ----------------------------------------------------------------------------- opening
     @staticmethod
-    def _where(index_dir: Path, config: IndexConfig) -> tuple[str, bool]:
+    def where(index_dir: Path, config: IndexConfig) -> tuple[str, bool]:
         if config.uri is None:
             return str(Path(index_dir).resolve() / LITE_DIR), True
         if config.uri.startswith(("http://", "https://", "tcp://", "unix:")):
@@ -93,7 +93,7 @@ class MilvusVectors:
 
     @classmethod
     def create(cls, index_dir: Path, config: IndexConfig, dim: int) -> MilvusVectors:
-        uri, lite = cls._where(index_dir, config)
+        uri, lite = cls.where(index_dir, config)
         name = config.collection or f"mmadapt_{uuid.uuid4().hex[:12]}"
         if not _NAME.match(name):
             raise ConfigError(f"index.collection {name!r}: a letter or '_' then letters, digits or '_'")
@@ -105,10 +105,21 @@ class MilvusVectors:
         vectors._create_collection(name, dim)
         return vectors
 
+    @staticmethod
+    def drop_all(uri: str, lite: bool, name: str | None) -> None:
+        """Drop the collections of the index whose collections are named `name` (its re-embeddings included)."""
+        if not name:
+            return
+        client = _connect(uri, lite)
+        for collection in client.list_collections():
+            if collection == name or collection.startswith(f"{name}__r"):
+                client.drop_collection(collection)
+        client.close()
+
     @classmethod
     def load(cls, index_dir: Path, store: dict[str, Any], config: IndexConfig, dim: int, gen_dir: Path) -> MilvusVectors:
         recorded = store.get("milvus", {})
-        uri, lite = cls._where(index_dir, config)
+        uri, lite = cls.where(index_dir, config)
         client = _connect(uri, lite)
         collection = recorded.get("collection")
         if not isinstance(collection, str) or not client.has_collection(collection):

@@ -149,3 +149,32 @@ def test_cli_builds_on_milvus_and_info_says_so(tmp_path, capsys, monkeypatch):
     assert stats["backend"] == "milvus" and stats["chunks"] == 4
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["config"]["index"]["backend"] == "milvus" and manifest["store"]["milvus"]["collection"] == "tides"
+
+
+def test_overwrite_replaces_the_index_and_drops_the_collections_it_kept_outside(tmp_path, minilm, topic_corpus):
+    shared = str(tmp_path / "shared.db")
+
+    def build(collection: str, documents, uri: str | None = shared) -> RagIndex:
+        index = {"backend": "milvus", "collection": collection, **({"uri": uri} if uri else {})}
+        return RagIndex.build(tmp_path / "idx", documents, from_dict(RagConfig, {"index": index}), embedder=minilm,
+                              overwrite=True)[0]
+
+    first = build("manuals", topic_corpus.documents[:3])
+    first.reembed(minilm)  # now in manuals__r3
+    second = build("manuals_v2", topic_corpus.documents[3:])
+    assert len(second) == 5 and sorted(second.vectors.client.list_collections()) == ["manuals_v2"]
+    inside = build("local", topic_corpus.documents[:2], uri=None)  # lite inside the index directory this time
+    assert len(inside) == 2 and (inside.path / "milvus.db").is_dir()
+    again = build("local", topic_corpus.documents[:4], uri=None)  # the same name: the old directory went with it
+    assert len(again) == 4 and again.search(minilm.embed_queries([topic_corpus.queries[3]]), k=1)[0][0].doc_id == "doc-3"
+
+
+def test_info_verify_finds_vectors_missing_from_milvus(tmp_path, minilm, capsys):
+    from mmadapt.cli import main
+
+    index = milvus_index(tmp_path / "idx", minilm)
+    index.add_chunks(*passages(range(5)))
+    assert index.check_vectors() == []
+    index.vectors.client.delete(index.vectors.collection, ids=[1, 2])  # someone else's hands on the collection
+    assert main(["rag", "info", str(index.path), "--verify"]) == 1
+    assert "the milvus vectors hold 3 entries for 5 passages" in capsys.readouterr().out
