@@ -314,7 +314,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int)
     p.add_argument("--overlap", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
-    p.add_argument("--backend", choices=["faiss", "milvus"], help="where vectors are searched (default faiss)")
+    p.add_argument("--backend", choices=["faiss", "milvus"], help="where vectors are searched (default faiss; "
+                   "milvus: examples/rag_build_milvus.yaml)")
     p.add_argument("--uri", help="milvus: a server (http://HOST:19530) or a milvus-lite directory (*.db); "
                                  "default: milvus.db inside the index")
     p.add_argument("--collection", help="milvus: the collection's name (default: mmadapt_<random>)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,13 @@ def test_cli_builds_on_milvus_and_info_says_so(tmp_path, capsys, monkeypatch):
     assert stats["backend"] == "milvus" and stats["chunks"] == 4
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["config"]["index"]["backend"] == "milvus" and manifest["store"]["milvus"]["collection"] == "tides"
+    example = Path(__file__).resolve().parents[2] / "examples" / "rag_build_milvus.yaml"
+    assert main(["rag", "build", "docs.jsonl", "--out", "from_example", "--config", str(example)]) == 0
+    capsys.readouterr()
+    assert main(["rag", "query", "from_example", "harbour tides", "-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    stored = json.loads((tmp_path / "from_example" / "manifest.json").read_text())["store"]
+    assert (stored["backend"], stored["index_kind"]) == ("milvus", "hnsw")
 
 
 def test_overwrite_replaces_the_index_and_drops_the_collections_it_kept_outside(tmp_path, minilm, topic_corpus):
