@@ -203,8 +203,8 @@ class RagIndex(IndexWrites):
                     raise DataError(f"{self.path}: generation {gen_dir.name} named by the manifest is missing") from None
                 raise DataError(f"{gen_dir}: unreadable ({e}); the index is damaged (restore it or rebuild with "
                                 "`mmadapt rag build`)") from e
-            if getattr(self, "vectors", None) is not None:
-                self.vectors.close()
+            # the previous backend is left to the garbage collector, like the previous connection: a search in
+            # another thread may still be using it
             self.conn, self.gen_dir, self.vectors = conn, gen_dir, vectors
             return
         raise DataError(f"{self.path}: the index kept changing while it was opened ({attempts} tries)")
@@ -357,6 +357,11 @@ class RagIndex(IndexWrites):
                     rescored.append(exact_topk(query[None], cand_vectors, cand_ids, k, cfg.metric))
                 scores = np.concatenate([s for s, _ in rescored])  # [q, k]
                 found = np.concatenate([f for _, f in rescored])
+            if allowed is not None:  # a graph or a post-filtered search may find fewer than exist: score those exactly
+                short = [q for q, row in enumerate(found) if (row >= 0).sum() < min(k, len(allowed))]
+                if short:
+                    ids, vectors = meta.vectors_for(self.conn, allowed, self.dim)
+                    scores[short], found[short] = exact_topk(queries[short], vectors, ids, k, cfg.metric)
         return [meta.hits_for(self.conn, [int(i) for i in row if i >= 0], [float(s) for s, i in zip(srow, row) if i >= 0])
                 for srow, row in zip(scores, found)]
 

@@ -163,13 +163,14 @@ class MilvusVectors:
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None, excluded: np.ndarray | None,
                allowed_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by the index's metric (scores higher-is-better, like faiss); `allowed` ids: a selective filter is
-        pushed into Milvus as an id list, a broad one is applied to a deeper result (widened until k are found)."""
+        """Top-k by the index's metric (scores higher-is-better, like faiss); `allowed` ids: up to MAX_LIMIT of them are
+        pushed into Milvus as an id list, more are applied to a deeper result (widened until k are found, at most
+        MAX_LIMIT deep: the store scores a query left short exactly)."""
         q = len(queries)
         scores, ids = np.full((q, k), -np.inf, dtype=np.float32), np.full((q, k), -1, dtype=np.int64)
         if allowed is not None and len(allowed) == 0:
             return scores, ids
-        pushed = allowed is not None and (allowed_fraction < 0.5 or len(allowed) <= MAX_LIMIT)
+        pushed = allowed is not None and len(allowed) <= MAX_LIMIT  # an id list Milvus parses quickly
         where = self._visible() + (f" and id in [{','.join(str(int(i)) for i in allowed)}]" if pushed else "")
         fetch = k if allowed is None or pushed else min(MAX_LIMIT, math.ceil(2 * k / max(allowed_fraction, 1e-6)))
         keep = None if allowed is None or pushed else set(int(i) for i in allowed)

@@ -186,3 +186,28 @@ def test_info_verify_finds_vectors_missing_from_milvus(tmp_path, minilm, capsys)
     index.vectors.client.delete(index.vectors.collection, ids=[1, 2])  # someone else's hands on the collection
     assert main(["rag", "info", str(index.path), "--verify"]) == 1
     assert "the milvus vectors hold 3 entries for 5 passages" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("max_limit", [4, 20, 16_384])
+def test_filters_give_the_exact_filtered_top_k_whether_pushed_down_or_applied_after(tmp_path, minilm, monkeypatch,
+                                                                                    max_limit):
+    """Up to MAX_LIMIT allowed ids go to Milvus as a list; more are applied to a deeper result, and a query that
+    comes back short is scored exactly: either way the answer is the exact top k among the allowed passages."""
+    from mmadapt.rag.backends import milvus
+
+    monkeypatch.setattr(milvus, "MAX_LIMIT", max_limit)
+    index = milvus_index(tmp_path / "idx", minilm, kind="hnsw", exact_filter_max=0)  # never the store's exact path
+    chunks, vectors = passages(range(60))
+    index.add_chunks(chunks, vectors)
+    queries = passages(range(200, 206), seed=5)[1]
+    for filters in ({"n": {"gte": 30}}, {"n": {"lt": 6}}, {"n": [7, 41, 58]}):
+        allowed = [i for i, c in enumerate(chunks) if eval_filter(c.metadata["n"], filters["n"])]
+        expected = [[chunks[j].chunk_id for j in np.array(allowed)[np.argsort(-(vectors[allowed] @ q))][:5]] for q in queries]
+        got = [[h.chunk_id for h in hits] for hits in index.search(queries, k=5, filters=filters)]
+        assert got == expected, filters
+
+
+def eval_filter(n: int, condition: object) -> bool:
+    if isinstance(condition, list):
+        return n in condition
+    return all({"gte": n >= v, "lt": n < v}[op] for op, v in condition.items())
