@@ -105,6 +105,9 @@ class RagIndex(IndexWrites):
         meta.create_schema(conn, lexical)
         conn.commit()
         conn.close()
+        if config.index.backend == "milvus" and config.index.uri and config.index.uri.endswith(".db"):
+            # a milvus-lite path outside the index is recorded absolute: the index opens from any directory
+            config = dataclasses.replace(config, index=dataclasses.replace(config.index, uri=str(Path(config.index.uri).resolve())))
         vectors = backend_class(config.index.backend).create(path, config.index, embedder.dim)
         vectors.save(gen_dir)
         parents = [describe_input(p) for p in local_weights(config.embedder)]  # hashed: part of the index's lineage

@@ -121,9 +121,11 @@ def test_milvus_lite_names_its_one_process_lock(tmp_path, minilm):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_uri_and_collection_are_configurable_and_checked(tmp_path, minilm):
+def test_uri_and_collection_are_configurable_and_checked(tmp_path, minilm, monkeypatch):
     shared = tmp_path / "shared.db"  # one milvus-lite database outside the index, holding a named collection
-    index = milvus_index(tmp_path / "idx", minilm, uri=str(shared), collection="manuals")
+    monkeypatch.chdir(tmp_path)
+    index = milvus_index(tmp_path / "idx", minilm, uri="shared.db", collection="manuals")  # relative to the cwd
+    assert json.loads((index.path / "manifest.json").read_text())["config"]["index"]["uri"] == str(shared)
     index.add_chunks(*passages(range(3)))
     assert shared.is_dir() and not (index.path / "milvus.db").exists()
     assert index.store["milvus"]["collection"] == "manuals" and len(RagIndex.open(index.path)) == 3
