@@ -47,7 +47,7 @@ def run_config(root: Path, args: argparse.Namespace, variant: str) -> dict:
                           "dtype": "float32" if args.dry_run or variant != "qlora" else "bfloat16"},
                   "encoders": {"image": encoder}, "connectors": {"image": {"name": "mlp"}}},
         "data": {"generate": {"name": "shapes", "out": str(data), "n_train": args.samples, "n_eval": 4},
-                 "train": f"{data}/train.jsonl", "max_length": 512, "packing": variant == "packed"},
+                 "train": f"{data}/train.jsonl", "max_length": args.max_length, "packing": variant == "packed"},
         "training": {"batch_size": args.batch, "lr": 1e-4, "max_steps": args.steps + args.warmup, "logging_steps": 10_000,
                      "train_modules": ["llm"] if variant == "qlora" else ["encoders", "connectors", "llm"],
                      "warmup_ratio": 0.0, "scheduler": "constant", "precision": "fp32" if args.dry_run else "bf16",
@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 30; dry run 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; dry run 1)")
     parser.add_argument("--batch", type=int, default=None, help="samples per step (default 16; dry run 2)")
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="tokens per row (packed rows fill it; a 0.5B model needs tens of thousands of tokens per "
+                             "step, e.g. --batch 32 --max-length 2048, before GPU time outweighs per-step overheads)")
     parser.add_argument("--variants", default="bf16,packed,qlora")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, when not in the built-in table")
     args = parser.parse_args()

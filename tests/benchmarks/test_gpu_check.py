@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_dry_run_trains_padded_and_packed():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--steps", "1",
-                           "--warmup", "0", "--variants", "bf16,packed,qlora"],
+                           "--warmup", "0", "--variants", "bf16,packed,qlora", "--max-length", "256"],
                           capture_output=True, text=True, timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
