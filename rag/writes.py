@@ -79,7 +79,11 @@ class IndexWrites:
             self.store.update(generation=gen, **self.vectors.describe())
             index_manifest.write(self.path, self.final_path, self.manifest["config"], self.manifest["parents"], self.store,
                             final, ("meta.sqlite", *self.vectors.files), created=self.manifest.get("created"))
-            self.vectors.committed()
+            try:
+                self.vectors.committed()
+            except Exception as e:  # committed all the same: the next write's `begin` finishes the clean-up
+                logger.warning("%s: generation %d committed; cleaning up the previous one failed (%s), the next write "
+                               "retries it", self.final_path, gen, e)
             self._close()
             self._load()
             for stale in self.path.iterdir():  # earlier generations and temp files left by killed writers
