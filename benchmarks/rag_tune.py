@@ -4,7 +4,8 @@ The corpus (mmadapt.rag.domain_data) titles each maintenance procedure in invent
 embedder knows; the queries mix that jargon with plain words. MiniLM is measured on every query (dense, hybrid,
 and hybrid + the tuned reranker), then `rag tune` fine-tunes it on (title -> passage) pairs of the corpus itself,
 re-embeds the index and the same queries are measured again, in one run; last line `ratio=` (recall@5 after /
-before, dense). The reranker is measured at the fusion weight `rag tune` calibrated, and alone.
+before, dense). Hybrid is measured at BM25's share `rag tune` calibrated for the tuned embedder
+(retrieve.lexical_weight; plain RRF untuned), the reranker at the fusion weight it calibrated on top, and alone.
 
     python benchmarks/rag_tune.py [--docs 300] [--epochs 1] [--candidates 20]
 """
@@ -73,6 +74,8 @@ def main() -> None:
         index = RagIndex.open(root / "index")  # the re-embedded generation, with the tuned embedder
         after = measure("tuned", report.reranker)
         print(f"tuning: {seconds:.0f} s on {sum(report.pairs.values())} corpus pairs ({report.pairs})")
+        print(f"hybrid recall@5 {after['hybrid']['recall_at_5']:.3f} (tuned) at calibrated lexical_weight "
+              f"{report.metrics.get('lexical_weight', 0.5):g}; dense {after['dense']['recall_at_5']:.3f}")
         print(f"hybrid+rerank recall@5 {after['hybrid+rerank']['recall_at_5']:.3f} vs hybrid "
               f"{after['hybrid']['recall_at_5']:.3f} (tuned, {args.candidates} candidates, calibrated rerank_weight "
               f"{report.metrics.get('rerank_weight', 1.0):g}; the reranker's order alone "

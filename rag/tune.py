@@ -8,7 +8,9 @@ a cross-encoder reranker is trained on the same pairs (positive vs negatives min
 binary cross-entropy with positives weighted by the negatives per positive).
 The tuned embedder then re-embeds the index as a new generation (the old one stays until the new commits).
 A held-out share of the pairs, never trained on, measures recall before and after; another share, kept from the
-reranker, calibrates how far its order replaces the first stage's (retrieve.rerank_weight, written beside it).
+embedder's and the reranker's training, calibrates on the re-embedded index first BM25's share of hybrid fusion
+(retrieve.lexical_weight, written beside the tuned embedder), then, on top of that hybrid, how far the reranker's
+order replaces it (retrieve.rerank_weight, written beside the reranker).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ class TuneConfig:
     # batch's other passages (sentence-transformers' cross-encoder MultipleNegativesRankingLoss)
     reranker_loss: Literal["bce", "mnrl"] = "bce"
     eval_fraction: float = 0.1  # pairs held out (never trained on) to measure recall before and after
-    # training documents kept from the reranker to choose how far its order replaces the first stage's
-    # (retrieve.rerank_weight, among RERANK_WEIGHTS): a reranker that would subtract gets a small or zero weight
+    # training documents kept from the embedder and the reranker to choose BM25's share of hybrid fusion
+    # (retrieve.lexical_weight, among LEXICAL_WEIGHTS) and how far the reranker's order replaces the first stage's
+    # (retrieve.rerank_weight, among RERANK_WEIGHTS): a ranking that would subtract gets a small or zero weight
     calibration_fraction: float = 0.1
     max_pairs: int = 50_000
     questions: str | None = None  # JSONL {query, relevant: [chunk or doc ids]} added to the corpus pairs
@@ -295,10 +298,41 @@ def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str) -> dict[str
     recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
     logger.info("reranker fusion weight %g (calibration recall@5 by weight on %d queries: %s)", weight,
                 len(queries), ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
-    atomic_write_json(target, {"weight": weight, "calibrated": True, "mode": mode, "candidates": RERANK_CANDIDATES,
+    # the first stage it was measured on top of: hybrid at the lexical weight calibrated just before
+    first_stage = {"mode": mode} | ({"lexical_weight": first.lexical_weight} if mode == "hybrid" else {})
+    atomic_write_json(target, {"weight": weight, "calibrated": True, **first_stage, "candidates": RERANK_CANDIDATES,
                                "queries": len(queries), "recall_at_5": recall,
                                "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
     return {"rerank_weight": weight, "pairs_calibration": float(len(queries))}
+
+
+# candidate BM25 shares of hybrid fusion, the plain-RRF default first and then by distance from it: on a tie in
+# recall@5 and MRR the earliest wins, so the fusion moves off plain RRF only when that measurably helps
+LEXICAL_WEIGHTS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.1, 0.9, 0.0, 1.0)
+
+
+def calibrate_lexical(index: Any, pairs: list[Pair], embedder: str) -> dict[str, float]:
+    """Choose retrieve.lexical_weight for the index embedded with `embedder` by recall@5, then MRR, on `pairs`
+    (documents neither model was trained on) and write it beside the embedder (LEXICAL_CALIBRATION), where the
+    retriever of any index embedded with it finds it."""
+    from mmadapt.io import atomic_write_json
+    from mmadapt.rag.retrieve import DEFAULT_LEXICAL_WEIGHT, LEXICAL_CALIBRATION, RetrieveConfig, Retriever, evaluate
+
+    target = Path(embedder) / LEXICAL_CALIBRATION
+    if not pairs:
+        logger.warning("no calibration queries (the corpus is small): hybrid keeps plain reciprocal-rank fusion")
+        atomic_write_json(target, {"weight": DEFAULT_LEXICAL_WEIGHT, "calibrated": False})
+        return {"lexical_weight": DEFAULT_LEXICAL_WEIGHT}
+    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
+    hybrid = Retriever(index, RetrieveConfig(mode="hybrid"))
+    measured = {w: evaluate(hybrid.with_lexical_weight(w), queries, relevant, ks=(5,)) for w in LEXICAL_WEIGHTS}
+    weight = max(LEXICAL_WEIGHTS, key=lambda w: (measured[w]["recall_at_5"], measured[w]["mrr"]))
+    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
+    logger.info("hybrid lexical weight %g (calibration recall@5 by weight on %d queries: %s)", weight, len(queries),
+                ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
+    atomic_write_json(target, {"weight": weight, "calibrated": True, "queries": len(queries), "recall_at_5": recall,
+                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
+    return {"lexical_weight": weight}
 
 
 def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrite: bool = False) -> TuneReport:
@@ -325,9 +359,12 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     train_pairs = [p for p in pairs if p.doc_id not in held]
     eval_pairs = [p for p in pairs if p.doc_id in held]
     train_docs = sorted({p.doc_id for p in train_pairs})
-    calibration = set(rng.sample(train_docs, int(len(train_docs) * config.calibration_fraction))) if config.reranker else set()
-    rerank_pairs = [p for p in train_pairs if p.doc_id not in calibration]
+    lexical = bool(index.store.get("lexical")) and config.reembed  # a hybrid of the re-embedded index to calibrate
+    calibrating = config.reranker or lexical
+    calibration = set(rng.sample(train_docs, int(len(train_docs) * config.calibration_fraction))) if calibrating else set()
+    # kept from both models: calibrated on queries the embedder memorised, dense would look perfect and BM25 useless
     calibration_pairs = [p for p in train_pairs if p.doc_id in calibration]
+    train_pairs = [p for p in train_pairs if p.doc_id not in calibration]
     report = TuneReport(pairs={k: sum(p.kind == k for p in pairs) for k in sorted({p.kind for p in pairs})})
     logger.info("tuning on %d pairs (%s), %d held out", len(train_pairs), report.pairs, len(eval_pairs))
     if eval_pairs:
@@ -341,8 +378,8 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
         if config.reranker:
             texts = [h for h in hits if h.modality == "text"]
             # the reranker's negatives are the tuned embedder's confusions: what it will be asked to sort out
-            rerank_negatives = mine_negatives(index, rerank_pairs, config.reranker_negatives, base, texts)
-            train_reranker(str(tmp / "embedder"), rerank_pairs, rerank_negatives, tmp / "reranker", config,
+            rerank_negatives = mine_negatives(index, train_pairs, config.reranker_negatives, base, texts)
+            train_reranker(str(tmp / "embedder"), train_pairs, rerank_negatives, tmp / "reranker", config,
                            [h.text for h in texts])
         report.metrics["train_seconds"] = time.perf_counter() - started
         write_manifest(tmp, "rag_tune", dataclasses.asdict(config), inputs=[index.path], final_path=out,
@@ -352,11 +389,14 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     if config.reembed:
         tuned = load_embedder(dataclasses.replace(base_config, name=report.embedder))
         index.reembed(tuned)
+    if lexical:  # before the reranker's: its weight is measured on top of the calibrated hybrid
+        report.metrics |= calibrate_lexical(index, calibration_pairs, report.embedder)
     if report.reranker:
         report.metrics |= calibrate_reranker(index, calibration_pairs, report.reranker)
     if config.reembed:
         if eval_pairs:
             report.metrics |= {f"after_{k}": v for k, v in _recall(index, eval_pairs, report.reranker).items()}
     report.metrics["pairs_train"] = float(len(train_pairs))
+    report.metrics["pairs_calibration"] = float(len(calibration_pairs))
     report.metrics["pairs_eval"] = float(len(eval_pairs))
     return report

@@ -137,7 +137,7 @@ def _retriever(args: argparse.Namespace) -> Any:
 
     index = RagIndex.open(args.index, embedder=None)
     return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank, candidates=args.candidates,
-                                           rerank_weight=args.rerank_weight))
+                                           rerank_weight=args.rerank_weight, lexical_weight=args.lexical_weight))
 
 
 def query(args: argparse.Namespace) -> int:
@@ -272,6 +272,9 @@ def _retrieval_flags(p: argparse.ArgumentParser) -> None:
                    help="passages each ranking contributes before fusion or re-ranking (default 50)")
     p.add_argument("--rerank-weight", type=float, metavar="W", help="0..1: how far the reranker's order replaces "
                    "the first stage's (1: alone; default: the weight `rag tune` calibrated for it, else 1)")
+    p.add_argument("--lexical-weight", type=float, metavar="W", help="0..1: BM25's share of --mode hybrid fusion "
+                   "(0.5: plain reciprocal-rank fusion; default: the weight `rag tune` calibrated for the index's "
+                   "embedder, else 0.5)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata filter, e.g. source=docs/a.txt, 'page=[1, 2]', 'year={gte: 2020}' (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

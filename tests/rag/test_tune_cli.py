@@ -62,6 +62,11 @@ def run_tune(tmp_path: Path, capsys, embedder: str | None, *tune_flags: str) -> 
                  str(out / "reranker"), "--candidates", "8", "-k", "3"]) == 0
     ranked = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\s*\d+\. ", line)]
     assert len(ranked) == 3
+    orders = {}
+    for mode, flags in [("dense", []), ("hybrid", ["--lexical-weight", "0"])]:  # BM25 given no share: dense's order
+        assert main(["rag", "query", str(index), corpus.queries[1], "--mode", mode, *flags, "-k", "4", "--json"]) == 0
+        orders[mode] = [hit["chunk_id"] for hit in json.loads(capsys.readouterr().out)]
+    assert len(orders["dense"]) == 4 and orders["hybrid"] == orders["dense"]
     from mmadapt.rag.retrieve import RERANK_CALIBRATION
     from mmadapt.rag.tune import RERANK_WEIGHTS
 
@@ -72,7 +77,26 @@ def run_tune(tmp_path: Path, capsys, embedder: str | None, *tune_flags: str) -> 
     assert calibration["recall_at_5"][chosen] == max(calibration["recall_at_5"].values())
     assert calibration["mrr"][chosen] == max(m for w, m in calibration["mrr"].items()
                                              if calibration["recall_at_5"][w] == calibration["recall_at_5"][chosen])
+    check_lexical_calibration(index, out, metrics, calibration)
     return index, out, metrics
+
+
+def check_lexical_calibration(index: Path, out: Path, metrics: dict[str, float], rerank: dict) -> None:
+    """BM25's share of hybrid fusion, calibrated on the re-embedded index and written beside the tuned embedder,
+    is what a retriever of that index uses, and the reranker was calibrated on top of it."""
+    from mmadapt.rag.retrieve import LEXICAL_CALIBRATION, RetrieveConfig, Retriever
+    from mmadapt.rag.store import RagIndex
+    from mmadapt.rag.tune import LEXICAL_WEIGHTS
+
+    calibration = json.loads((out / "embedder" / LEXICAL_CALIBRATION).read_text())
+    assert calibration["calibrated"] and calibration["weight"] in LEXICAL_WEIGHTS and calibration["queries"] > 0
+    assert metrics["lexical_weight"] == calibration["weight"]
+    best = max((calibration["recall_at_5"][str(w)], calibration["mrr"][str(w)]) for w in LEXICAL_WEIGHTS)
+    # ties go to the candidate listed first: plain RRF (0.5), then the nearest to it
+    assert calibration["weight"] == next(w for w in LEXICAL_WEIGHTS
+                                         if (calibration["recall_at_5"][str(w)], calibration["mrr"][str(w)]) == best)
+    assert Retriever(RagIndex.open(index), RetrieveConfig(mode="hybrid")).lexical_weight == calibration["weight"]
+    assert rerank["mode"] == "hybrid" and rerank["lexical_weight"] == calibration["weight"]
 
 
 @pytest.mark.parametrize("reranker_loss", ["bce", "mnrl"])
