@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--candidates", type=int, default=20, help="hybrid passages the reranker re-orders")
     parser.add_argument("--reranker-loss", choices=("bce", "mnrl"), default="bce")
+    parser.add_argument("--reranker-sentences", action="store_true",
+                        help="rag tune --reranker-sentences: also each sentence -> its passage for the reranker")
     parser.add_argument("--questions-fraction", type=float, default=0.0,
                         help="give `rag tune` the questions of this share of the documents (as an LLM that writes "
                              "questions would) and measure only on the other documents' questions")
@@ -67,7 +69,8 @@ def main() -> None:
         before = measure("untuned")
         start = time.perf_counter()
         report = tune(index, root / "tuned", TuneConfig(epochs=args.epochs, questions=str(questions) if questions else None,
-                                                           reranker_loss=args.reranker_loss))
+                                                           reranker_loss=args.reranker_loss,
+                                                           reranker_sentences=args.reranker_sentences))
         if asked:
             print(f"questions of {len(asked)} documents given to rag tune; measured on the {len(queries)} questions of the others")
         seconds = time.perf_counter() - start

@@ -99,11 +99,11 @@ def check_lexical_calibration(index: Path, out: Path, metrics: dict[str, float],
     assert rerank["mode"] == "hybrid" and rerank["lexical_weight"] == calibration["weight"]
 
 
-@pytest.mark.parametrize("reranker_loss", ["bce", "mnrl"])
-def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path, capsys, reranker_loss):
+@pytest.mark.parametrize("reranker_flags", [["--reranker-loss", "bce"], ["--reranker-loss", "mnrl", "--reranker-sentences"]])
+def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path, capsys, reranker_flags):
     embedder = tiny_sentence_transformer(tmp_path / "bert")
     _, _, metrics = run_tune(tmp_path, capsys, str(embedder), "--epochs", "20", "--lr", "2e-3", "--batch-size", "16",
-                             "--reranker-loss", reranker_loss)
+                             *reranker_flags)
     assert metrics["after_dense_recall_at_5"] > metrics["before_dense_recall_at_5"] + 0.1, metrics
 
 
@@ -111,3 +111,20 @@ def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path
 def test_tune_cli_with_the_bundled_minilm_gains_recall(tmp_path, capsys):
     _, _, metrics = run_tune(tmp_path, capsys, None, "--epochs", "2")
     assert metrics["after_dense_recall_at_5"] > metrics["before_dense_recall_at_5"] + 0.1, metrics
+
+
+def test_split_keeps_evaluation_documents_whole_and_one_known_document_query_for_calibration():
+    from mmadapt.rag.tune import Pair, TuneConfig, split_pairs
+
+    pairs = [Pair(f"title {i}", f"passage {i}", f"doc-{i}", "title") for i in range(40)]
+    pairs += [Pair(f"question {i}", f"passage {i}", f"doc-{i}", "question") for i in range(20)]  # docs 0..19: two pairs
+    kept, train, calibration, held = split_pairs(pairs, TuneConfig(eval_fraction=0.25, calibration_fraction=0.2))
+    assert sorted(map(id, kept)) == sorted(map(id, train + calibration + held))  # each pair in exactly one share
+    held_docs, calibration_docs = {p.doc_id for p in held}, {p.doc_id for p in calibration}
+    assert len(held_docs) == 10 and not held_docs & {p.doc_id for p in train + calibration}  # whole documents
+    assert len(calibration) == len(calibration_docs) == 6  # one pair each from a fifth of the 30 training documents
+    # new queries to known documents: a question held out, the document's title pair trained on
+    assert all(p.kind == "question" for p in calibration)
+    assert calibration_docs <= {p.doc_id for p in train if p.kind == "title"}
+    _, train_only, none, _ = split_pairs(pairs, TuneConfig(eval_fraction=0.25), calibrating=False)
+    assert not none and len(train_only) == len(train) + len(calibration)
