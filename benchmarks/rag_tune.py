@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--reranker-loss", choices=("bce", "mnrl"), default="bce")
     parser.add_argument("--reranker-sentences", action="store_true",
                         help="rag tune --reranker-sentences: also each sentence -> its passage for the reranker")
+    parser.add_argument("--reranker-no-titles", action="store_true",
+                        help="rag tune --reranker-no-titles: the reranker reads passages without their titles")
     parser.add_argument("--questions-fraction", type=float, default=0.0,
                         help="give `rag tune` the questions of this share of the documents (as an LLM that writes "
                              "questions would) and measure only on the other documents' questions")
@@ -70,7 +72,8 @@ def main() -> None:
         start = time.perf_counter()
         report = tune(index, root / "tuned", TuneConfig(epochs=args.epochs, questions=str(questions) if questions else None,
                                                            reranker_loss=args.reranker_loss,
-                                                           reranker_sentences=args.reranker_sentences))
+                                                           reranker_sentences=args.reranker_sentences,
+                                                           reranker_titles=not args.reranker_no_titles))
         if asked:
             print(f"questions of {len(asked)} documents given to rag tune; measured on the {len(queries)} questions of the others")
         seconds = time.perf_counter() - start

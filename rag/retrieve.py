@@ -83,17 +83,33 @@ def weighted_rank_fusion(first: Sequence[Hashable], second: Sequence[Hashable], 
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
-def calibrated_rerank_weight(reranker: str) -> float:
-    """The fusion weight `rag tune` measured for its reranker on held-out queries; 1.0 for any other cross-encoder."""
+def _rerank_calibration(reranker: str) -> dict[str, Any]:
     from mmadapt.io import read_json
 
     path = Path(reranker) / RERANK_CALIBRATION
-    if not path.is_file():
-        return 1.0
-    weight = read_json(path, "a reranker calibration", ConfigError, expect=dict).get("weight")
-    if not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"{path}: 'weight' must be a number in [0, 1], got {weight!r}")
+    return read_json(path, "a reranker calibration", ConfigError, expect=dict) if path.is_file() else {}
+
+
+def calibrated_rerank_weight(reranker: str) -> float:
+    """The fusion weight `rag tune` measured for its reranker on held-out queries; 1.0 for any other cross-encoder."""
+    weight = _rerank_calibration(reranker).get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"{Path(reranker) / RERANK_CALIBRATION}: 'weight' must be a number in [0, 1], got {weight!r}")
     return float(weight)
+
+
+def reranker_reads_titles(reranker: str) -> bool:
+    """Whether the reranker was trained on passages led by their document's title (`rag tune` records it)."""
+    return _rerank_calibration(reranker).get("titles") is True
+
+
+def rerank_text(hit: Hit) -> str:
+    """A passage as a title-reading reranker reads it: its document's title (metadata), if any, then its text. A
+    title may carry the words a query uses (names, the corpus's own terms) that the passage never repeats."""
+    title = hit.metadata.get("title") if hit.metadata else None
+    if not isinstance(title, str) or not title.strip() or hit.text.lstrip().startswith(title.strip()):
+        return hit.text
+    return f"{title.strip()}\n{hit.text}"
 
 
 def calibrated_lexical_weight(embedder: str) -> float:
@@ -147,6 +163,7 @@ class Retriever:
         self.config = config or RetrieveConfig()
         self._reranker: Any = None
         self._rerank_weight: float | None = self.config.rerank_weight
+        self._reads_titles: bool | None = None
         self._lexical_weights: dict[str, float] = {}  # calibrated weight by embedder (a reload may change it)
 
     @property
@@ -248,6 +265,12 @@ class Retriever:
         return self._lexical_weights[embedder]
 
     @property
+    def reads_titles(self) -> bool:
+        if self._reads_titles is None:
+            self._reads_titles = bool(self.config.reranker) and reranker_reads_titles(self.config.reranker)
+        return self._reads_titles
+
+    @property
     def rerank_weight(self) -> float:
         if self._rerank_weight is None:
             self._rerank_weight = calibrated_rerank_weight(self.config.reranker) if self.config.reranker else 1.0
@@ -259,7 +282,8 @@ class Retriever:
         texts = [h for h in hits if h.modality == "text"]
         if not texts or self.rerank_weight == 0.0:
             return hits
-        scores = self.reranker.predict([(query, h.text) for h in texts], batch_size=self.config.reranker_batch_size,
+        read = rerank_text if self.reads_titles else (lambda h: h.text)
+        scores = self.reranker.predict([(query, read(h)) for h in texts], batch_size=self.config.reranker_batch_size,
                                        show_progress_bar=False)
         by_score = sorted(range(len(texts)), key=lambda i: -float(scores[i]))
         if self.rerank_weight == 1.0:

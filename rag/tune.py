@@ -52,6 +52,9 @@ class TuneConfig:
     # also train the reranker on (each sentence -> its passage) of the training documents: many more pairs, each
     # to be told from the near-duplicates the tuned embedder confuses it with (the embedder keeps the corpus pairs)
     reranker_sentences: bool = False
+    # the reranker reads each passage led by its document's title (metadata), trained and queried alike (recorded
+    # beside it): a title's words (the corpus's own terms) are then matched directly, not learnt from a few pairs
+    reranker_titles: bool = True
     eval_fraction: float = 0.1  # pairs held out (never trained on) to measure recall before and after
     # training documents one pair of each of which is kept from the embedder and the reranker to choose BM25's share
     # of hybrid fusion (retrieve.lexical_weight, among LEXICAL_WEIGHTS) and how far the reranker's order replaces the
@@ -144,6 +147,17 @@ def reranker_sentence_pairs(hits: list[Any], train_pairs: list[Pair]) -> list[Pa
     """Sentence pairs of the documents with training pairs only: never of an evaluation document."""
     trained = {p.doc_id for p in train_pairs}
     return [p for p in sentence_pairs(hits) if p.doc_id in trained]
+
+
+def titled_passages(hits: list[Any], pairs: list[Pair], negatives: list[list[str]]
+                    ) -> tuple[list[Pair], list[list[str]]]:
+    """The reranker's pairs and negatives with each passage led by its document's title, as the retriever will
+    show it passages (retrieve.rerank_text)."""
+    from mmadapt.rag.retrieve import rerank_text
+
+    titled = {h.text: rerank_text(h) for h in hits}
+    pairs = [dataclasses.replace(p, positive=titled.get(p.positive, p.positive)) for p in pairs]
+    return pairs, [[titled.get(t, t) for t in negs] for negs in negatives]
 
 
 def question_pairs(path: str, index: Any) -> list[Pair]:
@@ -305,16 +319,16 @@ RERANK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # candidate fusion weights
 RERANK_CANDIDATES = 20  # first-stage passages the reranker re-orders when measured here
 
 
-def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str) -> dict[str, float]:
+def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str, titles: bool = False) -> dict[str, float]:
     """Choose retrieve.rerank_weight for `reranker` by recall@5 on `pairs` (queries it was not trained on) and
     write it beside the reranker (RERANK_CALIBRATION), where the retriever finds it."""
     from mmadapt.io import atomic_write_json
     from mmadapt.rag.retrieve import RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate
 
     target = Path(reranker) / RERANK_CALIBRATION
+    atomic_write_json(target, {"weight": 1.0, "calibrated": False, "titles": titles})  # how it reads passages
     if not pairs:
         logger.warning("no calibration queries (the corpus is small): the reranker's order is used alone")
-        atomic_write_json(target, {"weight": 1.0, "calibrated": False})
         return {"rerank_weight": 1.0}
     mode = "hybrid" if index.store.get("lexical") else "dense"
     queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
@@ -328,8 +342,8 @@ def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str) -> dict[str
                 len(queries), ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
     # the first stage it was measured on top of: hybrid at the lexical weight calibrated just before
     first_stage = {"mode": mode} | ({"lexical_weight": first.lexical_weight} if mode == "hybrid" else {})
-    atomic_write_json(target, {"weight": weight, "calibrated": True, **first_stage, "candidates": RERANK_CANDIDATES,
-                               "queries": len(queries), "recall_at_5": recall,
+    atomic_write_json(target, {"weight": weight, "calibrated": True, "titles": titles, **first_stage,
+                               "candidates": RERANK_CANDIDATES, "queries": len(queries), "recall_at_5": recall,
                                "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
     return {"rerank_weight": weight, "pairs_calibration": float(len(queries))}
 
@@ -397,6 +411,7 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     from mmadapt.io import output_directory
     from mmadapt.lineage import write_manifest
     from mmadapt.rag.embed import load_embedder
+    from mmadapt.rag.retrieve import rerank_text
 
     config = config or TuneConfig()
     out = Path(out)
@@ -425,8 +440,10 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
             # the reranker's negatives are the tuned embedder's confusions: what it will be asked to sort out
             rerank_pairs = train_pairs + (reranker_sentence_pairs(texts, train_pairs) if config.reranker_sentences else [])
             rerank_negatives = mine_negatives(index, rerank_pairs, config.reranker_negatives, base, texts)
+            if config.reranker_titles:
+                rerank_pairs, rerank_negatives = titled_passages(texts, rerank_pairs, rerank_negatives)
             train_reranker(str(tmp / "embedder"), rerank_pairs, rerank_negatives, tmp / "reranker", config,
-                           [h.text for h in texts])
+                           [rerank_text(h) if config.reranker_titles else h.text for h in texts])
         report.metrics["train_seconds"] = time.perf_counter() - started
         write_manifest(tmp, "rag_tune", dataclasses.asdict(config), inputs=[index.path], final_path=out,
                        extra={"pairs": report.pairs})
@@ -438,7 +455,7 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     if lexical:  # before the reranker's: its weight is measured on top of the calibrated hybrid
         report.metrics |= calibrate_lexical(index, calibration_pairs, report.embedder)
     if report.reranker:
-        report.metrics |= calibrate_reranker(index, calibration_pairs, report.reranker)
+        report.metrics |= calibrate_reranker(index, calibration_pairs, report.reranker, titles=config.reranker_titles)
     if config.reembed:
         if eval_pairs:
             report.metrics |= {f"after_{k}": v for k, v in _recall(index, eval_pairs, report.reranker).items()}

@@ -90,7 +90,7 @@ def tune_cli(args: argparse.Namespace) -> int:
     config = TuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_negatives=args.hard_negatives,
                         reranker=not args.no_reranker, reranker_epochs=args.reranker_epochs,
                         reranker_negatives=args.reranker_negatives, reranker_loss=args.reranker_loss,
-                        reranker_sentences=args.reranker_sentences,
+                        reranker_sentences=args.reranker_sentences, reranker_titles=not args.reranker_no_titles,
                         questions=args.questions, reembed=not args.no_reembed,
                         eval_fraction=args.eval_fraction, seed=args.seed)
     report = tune(RagIndex.open(args.index), args.out, config, overwrite=args.overwrite)
@@ -328,6 +328,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    help="bce: each (query, passage) on its own; mnrl: the positive ranked against its negatives")
     p.add_argument("--reranker-sentences", action="store_true",
                    help="also train the reranker on each sentence -> its passage (many more pairs, slower)")
+    p.add_argument("--reranker-no-titles", action="store_true",
+                   help="the reranker reads passages without their document's title (default: title, then text)")
     p.add_argument("--no-reembed", action="store_true", help="leave the index as it is")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `rag tune` output at --out")

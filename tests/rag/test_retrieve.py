@@ -194,6 +194,35 @@ def test_rerank_weight_fuses_the_cross_encoder_with_the_first_stage_and_comes_fr
         RetrieveConfig(rerank_weight=1.5)
 
 
+def test_a_reranker_trained_on_titled_passages_reads_them_titled(build_index, tmp_path):
+    import json
+
+    from mmadapt.rag.chunk import Document, sha256_text
+    from mmadapt.rag.meta import Hit
+    from mmadapt.rag.retrieve import rerank_text
+
+    titled = Hit("d#0", 0.0, "Unscrew the cover.", "s", "d", metadata={"title": "Zorbix procedure"})
+    assert rerank_text(titled) == "Zorbix procedure\nUnscrew the cover."
+    assert rerank_text(Hit("d#0", 0.0, "Zorbix procedure\nUnscrew it.", "s", "d", metadata={"title": "Zorbix procedure"})) \
+        == "Zorbix procedure\nUnscrew it."  # a passage that starts with its title is not given it twice
+    assert rerank_text(Hit("d#0", 0.0, "Unscrew it.", "s", "d", metadata={"year": 2000})) == "Unscrew it."
+    texts = ["Unscrew the cover and lift the pump out.", "Clean the filter under running water.",
+             "Check the fan turns freely before closing the panel."]
+    docs = [Document(f"m/{i}.txt", t, f"m-{i}", None, "text", {"title": f"kelvum procedure {i}"}, sha256_text(t))
+            for i, t in enumerate(texts)]
+    index = build_index(docs)
+    path = make_cross_encoder(tmp_path / "cross_encoder")
+    query = "kelvum procedure"
+    for titles in (False, True):
+        (path / RERANK_CALIBRATION).write_text(json.dumps({"weight": 1.0, "titles": titles}))
+        reranking = retriever(index, k=3, candidates=3, reranker=str(path))
+        hits = reranking.retrieve(query)
+        shown = [f"{h.metadata['title']}\n{h.text}" if titles else h.text for h in hits]
+        scores = reranking.reranker.predict([(query, text) for text in shown], show_progress_bar=False)
+        assert reranking.reads_titles is titles
+        assert [h.score for h in hits] == pytest.approx([float(s) for s in scores], abs=1e-5)
+
+
 def test_unloadable_reranker_is_a_config_error(index, tmp_path):
     with pytest.raises(ConfigError, match="retrieve.reranker .*cannot be loaded"):
         retriever(index, reranker=str(tmp_path / "no-such-model")).retrieve("violin")

@@ -72,6 +72,7 @@ def run_tune(tmp_path: Path, capsys, embedder: str | None, *tune_flags: str) -> 
 
     calibration = json.loads((out / "reranker" / RERANK_CALIBRATION).read_text())
     assert calibration["calibrated"] and calibration["weight"] in RERANK_WEIGHTS
+    assert calibration["titles"] is ("--reranker-no-titles" not in tune_flags)  # how the retriever shows it passages
     assert metrics["rerank_weight"] == calibration["weight"]
     chosen = str(calibration["weight"])
     assert calibration["recall_at_5"][chosen] == max(calibration["recall_at_5"].values())
@@ -99,7 +100,8 @@ def check_lexical_calibration(index: Path, out: Path, metrics: dict[str, float],
     assert rerank["mode"] == "hybrid" and rerank["lexical_weight"] == calibration["weight"]
 
 
-@pytest.mark.parametrize("reranker_flags", [["--reranker-loss", "bce"], ["--reranker-loss", "mnrl", "--reranker-sentences"]])
+@pytest.mark.parametrize("reranker_flags", [["--reranker-loss", "bce"],
+                                            ["--reranker-loss", "mnrl", "--reranker-sentences", "--reranker-no-titles"]])
 def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path, capsys, reranker_flags):
     embedder = tiny_sentence_transformer(tmp_path / "bert")
     _, _, metrics = run_tune(tmp_path, capsys, str(embedder), "--epochs", "20", "--lr", "2e-3", "--batch-size", "16",
