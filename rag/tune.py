@@ -5,7 +5,8 @@ its section, a first sentence -> the rest of the passage) and, optionally, from 
 (e.g. written by an adapted LLM). The embedder is fine-tuned with sentence-transformers' own trainer and
 MultipleNegativesRankingLoss (in-batch negatives plus one hard negative mined with the current embedder);
 a cross-encoder reranker is trained on the same pairs (positive vs negatives mined with the *tuned* embedder,
-binary cross-entropy with positives weighted by the negatives per positive).
+binary cross-entropy with positives weighted by the negatives per positive), reading each passage led by its
+document's title as the retriever will show it passages (retrieve.rerank_text).
 The tuned embedder then re-embeds the index as a new generation (the old one stays until the new commits).
 A held-out share of the documents, never trained on, measures recall before and after; one pair from each of another
 share, kept from the embedder's and the reranker's training (the documents' other pairs are trained on, as the
