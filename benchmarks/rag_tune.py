@@ -4,7 +4,8 @@ The corpus (mmadapt.rag.domain_data) titles each maintenance procedure in invent
 embedder knows; the queries mix that jargon with plain words. MiniLM is measured on every query (dense, hybrid,
 and hybrid + the tuned reranker), then `rag tune` fine-tunes it on (title -> passage) pairs of the corpus itself,
 re-embeds the index and the same queries are measured again, in one run; last line `ratio=` (recall@5 after /
-before, dense). The reranker is measured at the fusion weight `rag tune` calibrated, and alone.
+before, dense). Hybrid is measured at BM25's share `rag tune` calibrated for the tuned embedder
+(retrieve.lexical_weight; plain RRF untuned), the reranker at the fusion weight it calibrated on top, and alone.
 
     python benchmarks/rag_tune.py [--docs 300] [--epochs 1] [--candidates 20]
 """
@@ -23,6 +24,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--candidates", type=int, default=20, help="hybrid passages the reranker re-orders")
     parser.add_argument("--reranker-loss", choices=("bce", "mnrl"), default="bce")
+    parser.add_argument("--reranker-sentences", action="store_true",
+                        help="rag tune --reranker-sentences: also each sentence -> its passage for the reranker")
+    parser.add_argument("--reranker-no-titles", action="store_true",
+                        help="rag tune --reranker-no-titles: the reranker reads passages without their titles")
     parser.add_argument("--questions-fraction", type=float, default=0.0,
                         help="give `rag tune` the questions of this share of the documents (as an LLM that writes "
                              "questions would) and measure only on the other documents' questions")
@@ -66,13 +71,17 @@ def main() -> None:
         before = measure("untuned")
         start = time.perf_counter()
         report = tune(index, root / "tuned", TuneConfig(epochs=args.epochs, questions=str(questions) if questions else None,
-                                                           reranker_loss=args.reranker_loss))
+                                                           reranker_loss=args.reranker_loss,
+                                                           reranker_sentences=args.reranker_sentences,
+                                                           reranker_titles=not args.reranker_no_titles))
         if asked:
             print(f"questions of {len(asked)} documents given to rag tune; measured on the {len(queries)} questions of the others")
         seconds = time.perf_counter() - start
         index = RagIndex.open(root / "index")  # the re-embedded generation, with the tuned embedder
         after = measure("tuned", report.reranker)
         print(f"tuning: {seconds:.0f} s on {sum(report.pairs.values())} corpus pairs ({report.pairs})")
+        print(f"hybrid recall@5 {after['hybrid']['recall_at_5']:.3f} (tuned) at calibrated lexical_weight "
+              f"{report.metrics.get('lexical_weight', 0.5):g}; dense {after['dense']['recall_at_5']:.3f}")
         print(f"hybrid+rerank recall@5 {after['hybrid+rerank']['recall_at_5']:.3f} vs hybrid "
               f"{after['hybrid']['recall_at_5']:.3f} (tuned, {args.candidates} candidates, calibrated rerank_weight "
               f"{report.metrics.get('rerank_weight', 1.0):g}; the reranker's order alone "

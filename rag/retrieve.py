@@ -17,6 +17,9 @@ from mmadapt.rag.store import RagIndex
 logger = logging.getLogger(__name__)
 
 RERANK_CALIBRATION = "mmadapt_rerank.json"  # written by `rag tune` beside its reranker: the fusion weight it chose
+# written by `rag tune` beside its tuned embedder: the BM25 share of hybrid fusion it chose for indices embedded with it
+LEXICAL_CALIBRATION = "mmadapt_lexical.json"
+DEFAULT_LEXICAL_WEIGHT = 0.5  # equal shares: plain reciprocal-rank fusion
 
 # FTS5 floors a term's BM25 idf at 1e-6, so a passage matching only words found in half the corpus or more
 # ("the", "in") scores about 0: no lexical evidence. Fused by rank, such a match would still outrank a strong
@@ -39,6 +42,10 @@ class RetrieveConfig:
     # fusion, (1 - w) / (rrf_k + first-stage rank) + w / (rrf_k + reranker rank). 1.0: the reranker's order alone;
     # None: the weight `rag tune` calibrated for that reranker (RERANK_CALIBRATION beside it), else 1.0.
     rerank_weight: float | None = None
+    # BM25's share of hybrid fusion: 2 (1 - w) / (rrf_k + dense rank) + 2 w / (rrf_k + lexical rank) (doubled so
+    # that 0.5 gives plain reciprocal-rank fusion's scores, not only its order); None: the weight `rag tune` calibrated for the index's embedder (LEXICAL_CALIBRATION
+    # beside it), else 0.5. A tuned embedder can outgrow BM25, whose equal share then drags it down.
+    lexical_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -49,14 +56,20 @@ class RetrieveConfig:
             raise ConfigError(f"retrieve.mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.rerank_weight is not None and not 0.0 <= self.rerank_weight <= 1.0:
             raise ConfigError(f"retrieve.rerank_weight must be in [0, 1], got {self.rerank_weight}")
+        if self.lexical_weight is not None and not 0.0 <= self.lexical_weight <= 1.0:
+            raise ConfigError(f"retrieve.lexical_weight must be in [0, 1], got {self.lexical_weight}")
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) -> list[tuple[Hashable, float]]:
-    """Fuse rankings: score(d) = sum over rankings of 1 / (k + rank of d), ranks from 1; best first, ties by first appearance."""
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60,
+                           weights: Sequence[float] | None = None) -> list[tuple[Hashable, float]]:
+    """Fuse rankings: score(d) = sum over rankings of weight / (k + rank of d), ranks from 1, weights 1 unless
+    given; best first, ties by first appearance."""
+    if weights is not None and len(weights) != len(rankings):
+        raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
     scores: dict[Hashable, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights if weights is not None else [1.0] * len(rankings)):
         for rank, key in enumerate(ranking, 1):
-            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+            scores[key] = scores.get(key, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
@@ -70,15 +83,45 @@ def weighted_rank_fusion(first: Sequence[Hashable], second: Sequence[Hashable], 
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
-def calibrated_rerank_weight(reranker: str) -> float:
-    """The fusion weight `rag tune` measured for its reranker on held-out queries; 1.0 for any other cross-encoder."""
+def _rerank_calibration(reranker: str) -> dict[str, Any]:
     from mmadapt.io import read_json
 
     path = Path(reranker) / RERANK_CALIBRATION
+    return read_json(path, "a reranker calibration", ConfigError, expect=dict) if path.is_file() else {}
+
+
+def calibrated_rerank_weight(reranker: str) -> float:
+    """The fusion weight `rag tune` measured for its reranker on held-out queries; 1.0 for any other cross-encoder."""
+    weight = _rerank_calibration(reranker).get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"{Path(reranker) / RERANK_CALIBRATION}: 'weight' must be a number in [0, 1], got {weight!r}")
+    return float(weight)
+
+
+def reranker_reads_titles(reranker: str) -> bool:
+    """Whether the reranker was trained on passages led by their document's title (`rag tune` records it)."""
+    return _rerank_calibration(reranker).get("titles") is True
+
+
+def rerank_text(hit: Hit) -> str:
+    """A passage as a title-reading reranker reads it: its document's title (metadata), if any, then its text. A
+    title may carry the words a query uses (names, the corpus's own terms) that the passage never repeats."""
+    title = hit.metadata.get("title") if hit.metadata else None
+    if not isinstance(title, str) or not title.strip() or hit.text.lstrip().startswith(title.strip()):
+        return hit.text
+    return f"{title.strip()}\n{hit.text}"
+
+
+def calibrated_lexical_weight(embedder: str) -> float:
+    """The BM25 share of hybrid fusion `rag tune` measured for its tuned embedder (LEXICAL_CALIBRATION in its
+    directory); 0.5, plain reciprocal-rank fusion, for any other embedder."""
+    from mmadapt.io import read_json
+
+    path = Path(embedder) / LEXICAL_CALIBRATION
     if not path.is_file():
-        return 1.0
-    weight = read_json(path, "a reranker calibration", ConfigError, expect=dict).get("weight")
-    if not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        return DEFAULT_LEXICAL_WEIGHT
+    weight = read_json(path, "a lexical-weight calibration", ConfigError, expect=dict).get("weight")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
         raise ConfigError(f"{path}: 'weight' must be a number in [0, 1], got {weight!r}")
     return float(weight)
 
@@ -120,6 +163,8 @@ class Retriever:
         self.config = config or RetrieveConfig()
         self._reranker: Any = None
         self._rerank_weight: float | None = self.config.rerank_weight
+        self._reads_titles: bool | None = None
+        self._lexical_weights: dict[str, float] = {}  # calibrated weight by embedder (a reload may change it)
 
     @property
     def reranker(self) -> Any:
@@ -157,32 +202,40 @@ class Retriever:
         mode = self.config.mode
         depth = max(k, self.config.candidates) if (mode == "hybrid" or self.config.reranker or images and queries) else k
         rankings: list[list[list[Hit]]] = [[] for _ in range(n)]
+        weights: list[list[float]] = [[] for _ in range(n)]  # each ranking's share in fusion
+        lexical_weight = self.lexical_weight if queries and mode == "hybrid" else DEFAULT_LEXICAL_WEIGHT
+        dense_share, lexical_share = 2.0 * (1.0 - lexical_weight), 2.0 * lexical_weight  # 1 and 1 at the default
         if queries and mode in ("dense", "hybrid"):
             for i, hits in enumerate(self.index.search(self.index.embedder.embed_queries(list(queries)), depth, filters)):
                 rankings[i].append(hits)
+                weights[i].append(dense_share)
         if images:
             if "image" not in self.index.embedder.modalities:
                 raise ConfigError(f"{self.index.final_path}: its embedder {self.index.store['embedder']['name']!r} "
                                   "cannot embed an image query; build the index with embedder.type: open_clip")
             for i, hits in enumerate(self.index.search(self.index.embedder.embed_images(list(images)), depth, filters)):
                 rankings[i].append(hits)
+                weights[i].append(dense_share)
         if queries and mode in ("lexical", "hybrid"):
             for i, query in enumerate(queries):
                 hits = self.index.lexical(query, depth, filters)
                 if rankings[i]:  # to be fused with a dense ranking
                     hits = [h for h in hits if h.score > MIN_LEXICAL_SCORE]
                 rankings[i].append(hits)
+                weights[i].append(lexical_share)
         results = []
         for i in range(n):
-            hits = self._fuse(rankings[i]) if len(rankings[i]) > 1 else rankings[i][0]
+            hits = self._fuse(rankings[i], weights[i]) if len(rankings[i]) > 1 else rankings[i][0]
             if self.config.reranker and queries:
                 hits = self._rerank(queries[i], hits)
             results.append(hits[:k])
         return results
 
-    def _fuse(self, rankings: list[list[Hit]]) -> list[Hit]:
+    def _fuse(self, rankings: list[list[Hit]], weights: list[float]) -> list[Hit]:
+        """Weighted reciprocal-rank fusion (at the default weights 1 and 1: plain RRF, scores and ties included);
+        a ranking weighted 0 only fills the tail."""
         by_id = {h.chunk_id: h for ranking in rankings for h in ranking}
-        fused = reciprocal_rank_fusion([[h.chunk_id for h in r] for r in rankings], self.config.rrf_k)
+        fused = reciprocal_rank_fusion([[h.chunk_id for h in r] for r in rankings], self.config.rrf_k, weights)
         out = []
         for chunk_id, score in fused:
             hit = by_id[chunk_id]
@@ -194,6 +247,28 @@ class Retriever:
         other = Retriever(self.index, dataclasses.replace(self.config, rerank_weight=weight))
         other._reranker = self._reranker
         return other
+
+    def with_lexical_weight(self, weight: float) -> "Retriever":
+        """The same retrieval with another BM25 share in hybrid fusion, sharing the loaded cross-encoder."""
+        other = Retriever(self.index, dataclasses.replace(self.config, lexical_weight=weight))
+        other._reranker = self._reranker
+        return other
+
+    @property
+    def lexical_weight(self) -> float:
+        """retrieve.lexical_weight if set, else the one calibrated for the index's current embedder, else 0.5."""
+        if self.config.lexical_weight is not None:
+            return self.config.lexical_weight
+        embedder = self.index.config.embedder.name
+        if embedder not in self._lexical_weights:
+            self._lexical_weights[embedder] = calibrated_lexical_weight(embedder)
+        return self._lexical_weights[embedder]
+
+    @property
+    def reads_titles(self) -> bool:
+        if self._reads_titles is None:
+            self._reads_titles = bool(self.config.reranker) and reranker_reads_titles(self.config.reranker)
+        return self._reads_titles
 
     @property
     def rerank_weight(self) -> float:
@@ -207,7 +282,8 @@ class Retriever:
         texts = [h for h in hits if h.modality == "text"]
         if not texts or self.rerank_weight == 0.0:
             return hits
-        scores = self.reranker.predict([(query, h.text) for h in texts], batch_size=self.config.reranker_batch_size,
+        read = rerank_text if self.reads_titles else (lambda h: h.text)
+        scores = self.reranker.predict([(query, read(h)) for h in texts], batch_size=self.config.reranker_batch_size,
                                        show_progress_bar=False)
         by_score = sorted(range(len(texts)), key=lambda i: -float(scores[i]))
         if self.rerank_weight == 1.0:

@@ -5,10 +5,14 @@ its section, a first sentence -> the rest of the passage) and, optionally, from 
 (e.g. written by an adapted LLM). The embedder is fine-tuned with sentence-transformers' own trainer and
 MultipleNegativesRankingLoss (in-batch negatives plus one hard negative mined with the current embedder);
 a cross-encoder reranker is trained on the same pairs (positive vs negatives mined with the *tuned* embedder,
-binary cross-entropy with positives weighted by the negatives per positive).
+binary cross-entropy with positives weighted by the negatives per positive), reading each passage led by its
+document's title as the retriever will show it passages (retrieve.rerank_text).
 The tuned embedder then re-embeds the index as a new generation (the old one stays until the new commits).
-A held-out share of the pairs, never trained on, measures recall before and after; another share, kept from the
-reranker, calibrates how far its order replaces the first stage's (retrieve.rerank_weight, written beside it).
+A held-out share of the documents, never trained on, measures recall before and after; one pair from each of another
+share, kept from the embedder's and the reranker's training (the documents' other pairs are trained on, as the
+corpus is when deployed), calibrates on the re-embedded index first BM25's share of hybrid fusion
+(retrieve.lexical_weight, written beside the tuned embedder), then, on top of that hybrid, how far the reranker's
+order replaces it (retrieve.rerank_weight, written beside the reranker).
 """
 
 from __future__ import annotations
@@ -46,9 +50,16 @@ class TuneConfig:
     # bce: each (query, passage) scored on its own; mnrl: the positive ranked against its mined negatives and the
     # batch's other passages (sentence-transformers' cross-encoder MultipleNegativesRankingLoss)
     reranker_loss: Literal["bce", "mnrl"] = "bce"
+    # also train the reranker on (each sentence -> its passage) of the training documents: many more pairs, each
+    # to be told from the near-duplicates the tuned embedder confuses it with (the embedder keeps the corpus pairs)
+    reranker_sentences: bool = False
+    # the reranker reads each passage led by its document's title (metadata), trained and queried alike (recorded
+    # beside it): a title's words (the corpus's own terms) are then matched directly, not learnt from a few pairs
+    reranker_titles: bool = True
     eval_fraction: float = 0.1  # pairs held out (never trained on) to measure recall before and after
-    # training documents kept from the reranker to choose how far its order replaces the first stage's
-    # (retrieve.rerank_weight, among RERANK_WEIGHTS): a reranker that would subtract gets a small or zero weight
+    # training documents one pair of each of which is kept from the embedder and the reranker to choose BM25's share
+    # of hybrid fusion (retrieve.lexical_weight, among LEXICAL_WEIGHTS) and how far the reranker's order replaces the
+    # first stage's (retrieve.rerank_weight, among RERANK_WEIGHTS): a ranking that would subtract gets a small weight
     calibration_fraction: float = 0.1
     max_pairs: int = 50_000
     questions: str | None = None  # JSONL {query, relevant: [chunk or doc ids]} added to the corpus pairs
@@ -113,6 +124,41 @@ def corpus_pairs(hits: list[Any]) -> list[Pair]:
             rest = hit.text[spans[1][0]:].strip()
             pairs.append(Pair(hit.text[spans[0][0]:spans[0][1]].strip(), rest, doc_id, "first_sentence"))
     return pairs
+
+
+def sentence_pairs(hits: list[Any], min_words: int = 4) -> list[Pair]:
+    """(sentence, its passage) for every sentence of `min_words` words or more in a passage of two sentences or
+    more: many more pairs than titles and headings, each asking the reranker to tell its passage from the
+    near-duplicates the tuned embedder confuses it with (kind "sentence")."""
+    from mmadapt.rag.chunk import sentence_spans
+
+    pairs = []
+    for hit in hits:
+        if hit.modality != "text":
+            continue
+        spans = sentence_spans(hit.text)
+        if len(spans) < 2:
+            continue  # the sentence would be the whole passage: nothing to learn but copying
+        pairs += [Pair(hit.text[a:b].strip(), hit.text, hit.doc_id, "sentence") for a, b in spans
+                  if len(hit.text[a:b].split()) >= min_words]
+    return pairs
+
+
+def reranker_sentence_pairs(hits: list[Any], train_pairs: list[Pair]) -> list[Pair]:
+    """Sentence pairs of the documents with training pairs only: never of an evaluation document."""
+    trained = {p.doc_id for p in train_pairs}
+    return [p for p in sentence_pairs(hits) if p.doc_id in trained]
+
+
+def titled_passages(hits: list[Any], pairs: list[Pair], negatives: list[list[str]]
+                    ) -> tuple[list[Pair], list[list[str]]]:
+    """The reranker's pairs and negatives with each passage led by its document's title, as the retriever will
+    show it passages (retrieve.rerank_text)."""
+    from mmadapt.rag.retrieve import rerank_text
+
+    titled = {h.text: rerank_text(h) for h in hits}
+    pairs = [dataclasses.replace(p, positive=titled.get(p.positive, p.positive)) for p in pairs]
+    return pairs, [[titled.get(t, t) for t in negs] for negs in negatives]
 
 
 def question_pairs(path: str, index: Any) -> list[Pair]:
@@ -274,16 +320,16 @@ RERANK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # candidate fusion weights
 RERANK_CANDIDATES = 20  # first-stage passages the reranker re-orders when measured here
 
 
-def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str) -> dict[str, float]:
-    """Choose retrieve.rerank_weight for `reranker` by recall@5 on `pairs` (documents it was not trained on) and
+def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str, titles: bool = False) -> dict[str, float]:
+    """Choose retrieve.rerank_weight for `reranker` by recall@5 on `pairs` (queries it was not trained on) and
     write it beside the reranker (RERANK_CALIBRATION), where the retriever finds it."""
     from mmadapt.io import atomic_write_json
     from mmadapt.rag.retrieve import RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate
 
     target = Path(reranker) / RERANK_CALIBRATION
+    atomic_write_json(target, {"weight": 1.0, "calibrated": False, "titles": titles})  # how it reads passages
     if not pairs:
         logger.warning("no calibration queries (the corpus is small): the reranker's order is used alone")
-        atomic_write_json(target, {"weight": 1.0, "calibrated": False})
         return {"rerank_weight": 1.0}
     mode = "hybrid" if index.store.get("lexical") else "dense"
     queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
@@ -295,10 +341,70 @@ def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str) -> dict[str
     recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
     logger.info("reranker fusion weight %g (calibration recall@5 by weight on %d queries: %s)", weight,
                 len(queries), ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
-    atomic_write_json(target, {"weight": weight, "calibrated": True, "mode": mode, "candidates": RERANK_CANDIDATES,
-                               "queries": len(queries), "recall_at_5": recall,
+    # the first stage it was measured on top of: hybrid at the lexical weight calibrated just before
+    first_stage = {"mode": mode} | ({"lexical_weight": first.lexical_weight} if mode == "hybrid" else {})
+    atomic_write_json(target, {"weight": weight, "calibrated": True, "titles": titles, **first_stage,
+                               "candidates": RERANK_CANDIDATES, "queries": len(queries), "recall_at_5": recall,
                                "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
     return {"rerank_weight": weight, "pairs_calibration": float(len(queries))}
+
+
+# candidate BM25 shares of hybrid fusion, the plain-RRF default first and then by distance from it: on a tie in
+# recall@5 and MRR the earliest wins, so the fusion moves off plain RRF only when that measurably helps
+LEXICAL_WEIGHTS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.1, 0.9, 0.0, 1.0)
+
+
+def calibrate_lexical(index: Any, pairs: list[Pair], embedder: str) -> dict[str, float]:
+    """Choose retrieve.lexical_weight for the index embedded with `embedder` by recall@5, then MRR, on `pairs`
+    (queries neither model was trained on) and write it beside the embedder (LEXICAL_CALIBRATION), where the
+    retriever of any index embedded with it finds it."""
+    from mmadapt.io import atomic_write_json
+    from mmadapt.rag.retrieve import DEFAULT_LEXICAL_WEIGHT, LEXICAL_CALIBRATION, RetrieveConfig, Retriever, evaluate
+
+    target = Path(embedder) / LEXICAL_CALIBRATION
+    if not pairs:
+        logger.warning("no calibration queries (the corpus is small): hybrid keeps plain reciprocal-rank fusion")
+        atomic_write_json(target, {"weight": DEFAULT_LEXICAL_WEIGHT, "calibrated": False})
+        return {"lexical_weight": DEFAULT_LEXICAL_WEIGHT}
+    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
+    hybrid = Retriever(index, RetrieveConfig(mode="hybrid"))
+    measured = {w: evaluate(hybrid.with_lexical_weight(w), queries, relevant, ks=(5,)) for w in LEXICAL_WEIGHTS}
+    weight = max(LEXICAL_WEIGHTS, key=lambda w: (measured[w]["recall_at_5"], measured[w]["mrr"]))
+    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
+    logger.info("hybrid lexical weight %g (calibration recall@5 by weight on %d queries: %s)", weight, len(queries),
+                ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
+    atomic_write_json(target, {"weight": weight, "calibrated": True, "queries": len(queries), "recall_at_5": recall,
+                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
+    return {"lexical_weight": weight}
+
+
+def split_pairs(pairs: list[Pair], config: TuneConfig, calibrating: bool = True
+                ) -> tuple[list[Pair], list[Pair], list[Pair], list[Pair]]:
+    """(all pairs kept, training, calibration, evaluation). Evaluation takes whole documents, never trained on, so
+    nothing leaks into the before/after figures. Calibration (when `calibrating`) takes one pair from each of a
+    share of the other documents and keeps it from both models' training, while their other pairs are trained
+    on: the weights are chosen on new queries to documents the models know, as the tuned retriever is queried.
+    Calibrated on memorised queries, dense would look perfect; on unseen documents, far weaker than it will be.
+    Documents with a single pair are drawn only when too few have more."""
+    rng = random.Random(config.seed)
+    pairs = list(pairs)
+    rng.shuffle(pairs)
+    pairs = pairs[: config.max_pairs]
+    docs = sorted({p.doc_id for p in pairs})
+    held = set(rng.sample(docs, int(len(docs) * config.eval_fraction)))
+    by_doc: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        if pair.doc_id not in held:
+            by_doc.setdefault(pair.doc_id, []).append(pair)
+    n = int(len(by_doc) * config.calibration_fraction) if calibrating else 0
+    multi = sorted(d for d, ps in by_doc.items() if len(ps) > 1)
+    single = sorted(d for d, ps in by_doc.items() if len(ps) == 1)
+    chosen = rng.sample(multi, min(n, len(multi))) + rng.sample(single, max(0, n - len(multi)))
+    # a question, if the document has one: the kind of query the retriever will be asked
+    calibration = [next((p for p in by_doc[d] if p.kind == "question"), by_doc[d][0]) for d in chosen]
+    kept = {id(p) for p in calibration}
+    return (pairs, [p for p in pairs if p.doc_id not in held and id(p) not in kept], calibration,
+            [p for p in pairs if p.doc_id in held])
 
 
 def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrite: bool = False) -> TuneReport:
@@ -306,6 +412,7 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     from mmadapt.io import output_directory
     from mmadapt.lineage import write_manifest
     from mmadapt.rag.embed import load_embedder
+    from mmadapt.rag.retrieve import rerank_text
 
     config = config or TuneConfig()
     out = Path(out)
@@ -317,17 +424,8 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     if len(pairs) < 2 * config.batch_size:
         raise DataError(f"{index.final_path}: the corpus yields {len(pairs)} training pairs (titles, headings, first "
                         f"sentences), fewer than 2 batches of {config.batch_size}; add --questions or lower --batch-size")
-    rng = random.Random(config.seed)
-    rng.shuffle(pairs)
-    pairs = pairs[: config.max_pairs]
-    docs = sorted({p.doc_id for p in pairs})
-    held = set(rng.sample(docs, int(len(docs) * config.eval_fraction)))  # whole documents, so nothing leaks
-    train_pairs = [p for p in pairs if p.doc_id not in held]
-    eval_pairs = [p for p in pairs if p.doc_id in held]
-    train_docs = sorted({p.doc_id for p in train_pairs})
-    calibration = set(rng.sample(train_docs, int(len(train_docs) * config.calibration_fraction))) if config.reranker else set()
-    rerank_pairs = [p for p in train_pairs if p.doc_id not in calibration]
-    calibration_pairs = [p for p in train_pairs if p.doc_id in calibration]
+    lexical = bool(index.store.get("lexical")) and config.reembed  # a hybrid of the re-embedded index to calibrate
+    pairs, train_pairs, calibration_pairs, eval_pairs = split_pairs(pairs, config, calibrating=config.reranker or lexical)
     report = TuneReport(pairs={k: sum(p.kind == k for p in pairs) for k in sorted({p.kind for p in pairs})})
     logger.info("tuning on %d pairs (%s), %d held out", len(train_pairs), report.pairs, len(eval_pairs))
     if eval_pairs:
@@ -341,9 +439,12 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
         if config.reranker:
             texts = [h for h in hits if h.modality == "text"]
             # the reranker's negatives are the tuned embedder's confusions: what it will be asked to sort out
+            rerank_pairs = train_pairs + (reranker_sentence_pairs(texts, train_pairs) if config.reranker_sentences else [])
             rerank_negatives = mine_negatives(index, rerank_pairs, config.reranker_negatives, base, texts)
+            if config.reranker_titles:
+                rerank_pairs, rerank_negatives = titled_passages(texts, rerank_pairs, rerank_negatives)
             train_reranker(str(tmp / "embedder"), rerank_pairs, rerank_negatives, tmp / "reranker", config,
-                           [h.text for h in texts])
+                           [rerank_text(h) if config.reranker_titles else h.text for h in texts])
         report.metrics["train_seconds"] = time.perf_counter() - started
         write_manifest(tmp, "rag_tune", dataclasses.asdict(config), inputs=[index.path], final_path=out,
                        extra={"pairs": report.pairs})
@@ -352,11 +453,14 @@ def tune(index: Any, out: str | Path, config: TuneConfig | None = None, overwrit
     if config.reembed:
         tuned = load_embedder(dataclasses.replace(base_config, name=report.embedder))
         index.reembed(tuned)
+    if lexical:  # before the reranker's: its weight is measured on top of the calibrated hybrid
+        report.metrics |= calibrate_lexical(index, calibration_pairs, report.embedder)
     if report.reranker:
-        report.metrics |= calibrate_reranker(index, calibration_pairs, report.reranker)
+        report.metrics |= calibrate_reranker(index, calibration_pairs, report.reranker, titles=config.reranker_titles)
     if config.reembed:
         if eval_pairs:
             report.metrics |= {f"after_{k}": v for k, v in _recall(index, eval_pairs, report.reranker).items()}
     report.metrics["pairs_train"] = float(len(train_pairs))
+    report.metrics["pairs_calibration"] = float(len(calibration_pairs))
     report.metrics["pairs_eval"] = float(len(eval_pairs))
     return report

@@ -92,6 +92,7 @@ def tune_cli(args: argparse.Namespace) -> int:
     config = TuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hard_negatives=args.hard_negatives,
                         reranker=not args.no_reranker, reranker_epochs=args.reranker_epochs,
                         reranker_negatives=args.reranker_negatives, reranker_loss=args.reranker_loss,
+                        reranker_sentences=args.reranker_sentences, reranker_titles=not args.reranker_no_titles,
                         questions=args.questions, reembed=not args.no_reembed,
                         eval_fraction=args.eval_fraction, seed=args.seed)
     report = tune(RagIndex.open(args.index), args.out, config, overwrite=args.overwrite)
@@ -139,7 +140,7 @@ def _retriever(args: argparse.Namespace) -> Any:
 
     index = RagIndex.open(args.index, embedder=None)
     return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank, candidates=args.candidates,
-                                           rerank_weight=args.rerank_weight))
+                                           rerank_weight=args.rerank_weight, lexical_weight=args.lexical_weight))
 
 
 def query(args: argparse.Namespace) -> int:
@@ -274,6 +275,9 @@ def _retrieval_flags(p: argparse.ArgumentParser) -> None:
                    help="passages each ranking contributes before fusion or re-ranking (default 50)")
     p.add_argument("--rerank-weight", type=float, metavar="W", help="0..1: how far the reranker's order replaces "
                    "the first stage's (1: alone; default: the weight `rag tune` calibrated for it, else 1)")
+    p.add_argument("--lexical-weight", type=float, metavar="W", help="0..1: BM25's share of --mode hybrid fusion "
+                   "(0.5: plain reciprocal-rank fusion; default: the weight `rag tune` calibrated for the index's "
+                   "embedder, else 0.5)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="metadata filter, e.g. source=docs/a.txt, 'page=[1, 2]', 'year={gte: 2020}' (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -348,6 +352,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    help="negatives per pair for the reranker, mined with the tuned embedder")
     p.add_argument("--reranker-loss", choices=("bce", "mnrl"), default="bce",
                    help="bce: each (query, passage) on its own; mnrl: the positive ranked against its negatives")
+    p.add_argument("--reranker-sentences", action="store_true",
+                   help="also train the reranker on each sentence -> its passage (many more pairs, slower)")
+    p.add_argument("--reranker-no-titles", action="store_true",
+                   help="the reranker reads passages without their document's title (default: title, then text)")
     p.add_argument("--no-reembed", action="store_true", help="leave the index as it is")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `rag tune` output at --out")

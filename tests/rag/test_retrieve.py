@@ -8,8 +8,8 @@ from rag_helpers import BACKENDS, code_queries, corpus_documents, make_cross_enc
 
 from mmadapt.errors import ConfigError, DataError
 from mmadapt.rag.retrieve import (
-    RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate, recall_at_k, reciprocal_rank, reciprocal_rank_fusion,
-    weighted_rank_fusion,
+    LEXICAL_CALIBRATION, MIN_LEXICAL_SCORE, RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate, recall_at_k,
+    reciprocal_rank, reciprocal_rank_fusion, weighted_rank_fusion,
 )
 
 
@@ -92,6 +92,55 @@ def test_hybrid_scores_are_the_fused_ranks(index):
     assert fused[0].chunk_id == "code-QX1377#0" and fused[0].text.startswith("Fault QX1377")
 
 
+@pytest.mark.parametrize("query", ["QX1377 tyre", "QX7731 fuel pump relay violin", "violin fuel pump"])
+def test_lexical_weight_moves_hybrid_from_the_dense_order_to_the_lexical_one(index, query):
+    n = len(corpus_documents())
+    dense = [h.chunk_id for h in retriever(index, k=n).retrieve(query)]
+    lexical = [h.chunk_id for h in retriever(index, k=n, mode="lexical").retrieve(query) if h.score > MIN_LEXICAL_SCORE]
+    assert lexical and len(dense) == n  # both rankings take part
+
+    def hybrid(**config):
+        return retriever(index, k=n, mode="hybrid", **config).retrieve(query)
+
+    plain = hybrid()  # no calibration beside the bundled MiniLM: plain reciprocal-rank fusion, as before weights
+    assert [h.chunk_id for h in plain] == [key for key, _ in reciprocal_rank_fusion([dense, lexical])]
+    half = hybrid(lexical_weight=0.5)
+    assert [(h.chunk_id, h.score) for h in half] == [(h.chunk_id, h.score) for h in plain]  # exactly, ties included
+    assert [h.chunk_id for h in hybrid(lexical_weight=0.0)] == dense
+    assert [h.chunk_id for h in hybrid(lexical_weight=1.0)][: len(lexical)] == lexical  # dense fills only the tail
+    quarter = hybrid(lexical_weight=0.25)
+    assert [h.chunk_id for h in quarter] == [key for key, _ in weighted_rank_fusion(dense, lexical, 0.25)]
+
+
+def test_lexical_weight_comes_from_the_calibration_beside_the_index_embedder(tmp_path, build_index):
+    """`rag tune` writes LEXICAL_CALIBRATION into its tuned embedder's directory; any index embedded with that
+    embedder (its manifest names the directory) fuses hybrid rankings with that weight unless told otherwise."""
+    import json
+
+    from mmadapt.rag.embed import EmbedderConfig, default_model_path, load_embedder
+    from mmadapt.rag.store import RagConfig, RagIndex
+
+    embedder_dir = tmp_path / "embedder"  # MiniLM by links: a local embedder directory that may hold a calibration
+    for path in default_model_path().rglob("*"):
+        if path.is_file():
+            (embedder_dir / path.relative_to(default_model_path())).parent.mkdir(parents=True, exist_ok=True)
+            (embedder_dir / path.relative_to(default_model_path())).symlink_to(path)
+    config = RagConfig(embedder=EmbedderConfig(name=str(embedder_dir)))
+    index, _ = RagIndex.build(tmp_path / "index", corpus_documents(), config, embedder=load_embedder(config.embedder))
+    query, n = "QX1377 tyre", len(corpus_documents())
+    dense = [h.chunk_id for h in retriever(index, k=n).retrieve(query)]
+    assert retriever(index, mode="hybrid").lexical_weight == 0.5  # nothing calibrated yet
+    (embedder_dir / LEXICAL_CALIBRATION).write_text(json.dumps({"weight": 0.0, "calibrated": True}))
+    calibrated = retriever(index, k=n, mode="hybrid")
+    assert calibrated.lexical_weight == 0.0 and [h.chunk_id for h in calibrated.retrieve(query)] == dense
+    assert retriever(index, mode="hybrid", lexical_weight=0.5).lexical_weight == 0.5  # an explicit weight wins
+    (embedder_dir / LEXICAL_CALIBRATION).write_text(json.dumps({"weight": 2}))
+    with pytest.raises(ConfigError, match=f"{LEXICAL_CALIBRATION}: 'weight' must be a number in \\[0, 1\\]"):
+        retriever(index, mode="hybrid").retrieve(query)
+    with pytest.raises(ConfigError, match="retrieve.lexical_weight must be in \\[0, 1\\], got -0.1"):
+        RetrieveConfig(lexical_weight=-0.1)
+
+
 def test_lexical_matches_on_common_words_only_do_not_outvote_dense(index):
     """'fault' is in 6 of the 11 passages: BM25 gives it no weight, so its matches are noise, and without
     evidence they must not push dense's clear answer (the insulin passage) out of the fused ranking."""
@@ -144,6 +193,35 @@ def test_rerank_weight_fuses_the_cross_encoder_with_the_first_stage_and_comes_fr
         retriever(index, reranker=str(path)).retrieve(query)
     with pytest.raises(ConfigError, match="retrieve.rerank_weight must be in \\[0, 1\\]"):
         RetrieveConfig(rerank_weight=1.5)
+
+
+def test_a_reranker_trained_on_titled_passages_reads_them_titled(build_index, tmp_path):
+    import json
+
+    from mmadapt.rag.chunk import Document, sha256_text
+    from mmadapt.rag.meta import Hit
+    from mmadapt.rag.retrieve import rerank_text
+
+    titled = Hit("d#0", 0.0, "Unscrew the cover.", "s", "d", metadata={"title": "Zorbix procedure"})
+    assert rerank_text(titled) == "Zorbix procedure\nUnscrew the cover."
+    assert rerank_text(Hit("d#0", 0.0, "Zorbix procedure\nUnscrew it.", "s", "d", metadata={"title": "Zorbix procedure"})) \
+        == "Zorbix procedure\nUnscrew it."  # a passage that starts with its title is not given it twice
+    assert rerank_text(Hit("d#0", 0.0, "Unscrew it.", "s", "d", metadata={"year": 2000})) == "Unscrew it."
+    texts = ["Unscrew the cover and lift the pump out.", "Clean the filter under running water.",
+             "Check the fan turns freely before closing the panel."]
+    docs = [Document(f"m/{i}.txt", t, f"m-{i}", None, "text", {"title": f"kelvum procedure {i}"}, sha256_text(t))
+            for i, t in enumerate(texts)]
+    index = build_index(docs)
+    path = make_cross_encoder(tmp_path / "cross_encoder")
+    query = "kelvum procedure"
+    for titles in (False, True):
+        (path / RERANK_CALIBRATION).write_text(json.dumps({"weight": 1.0, "titles": titles}))
+        reranking = retriever(index, k=3, candidates=3, reranker=str(path))
+        hits = reranking.retrieve(query)
+        shown = [f"{h.metadata['title']}\n{h.text}" if titles else h.text for h in hits]
+        scores = reranking.reranker.predict([(query, text) for text in shown], show_progress_bar=False)
+        assert reranking.reads_titles is titles
+        assert [h.score for h in hits] == pytest.approx([float(s) for s in scores], abs=1e-5)
 
 
 def test_unloadable_reranker_is_a_config_error(index, tmp_path):

@@ -62,24 +62,50 @@ def run_tune(tmp_path: Path, capsys, embedder: str | None, *tune_flags: str) -> 
                  str(out / "reranker"), "--candidates", "8", "-k", "3"]) == 0
     ranked = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\s*\d+\. ", line)]
     assert len(ranked) == 3
+    orders = {}
+    for mode, flags in [("dense", []), ("hybrid", ["--lexical-weight", "0"])]:  # BM25 given no share: dense's order
+        assert main(["rag", "query", str(index), corpus.queries[1], "--mode", mode, *flags, "-k", "4", "--json"]) == 0
+        orders[mode] = [hit["chunk_id"] for hit in json.loads(capsys.readouterr().out)]
+    assert len(orders["dense"]) == 4 and orders["hybrid"] == orders["dense"]
     from mmadapt.rag.retrieve import RERANK_CALIBRATION
     from mmadapt.rag.tune import RERANK_WEIGHTS
 
     calibration = json.loads((out / "reranker" / RERANK_CALIBRATION).read_text())
     assert calibration["calibrated"] and calibration["weight"] in RERANK_WEIGHTS
+    assert calibration["titles"] is ("--reranker-no-titles" not in tune_flags)  # how the retriever shows it passages
     assert metrics["rerank_weight"] == calibration["weight"]
     chosen = str(calibration["weight"])
     assert calibration["recall_at_5"][chosen] == max(calibration["recall_at_5"].values())
     assert calibration["mrr"][chosen] == max(m for w, m in calibration["mrr"].items()
                                              if calibration["recall_at_5"][w] == calibration["recall_at_5"][chosen])
+    check_lexical_calibration(index, out, metrics, calibration)
     return index, out, metrics
 
 
-@pytest.mark.parametrize("reranker_loss", ["bce", "mnrl"])
-def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path, capsys, reranker_loss):
+def check_lexical_calibration(index: Path, out: Path, metrics: dict[str, float], rerank: dict) -> None:
+    """BM25's share of hybrid fusion, calibrated on the re-embedded index and written beside the tuned embedder,
+    is what a retriever of that index uses, and the reranker was calibrated on top of it."""
+    from mmadapt.rag.retrieve import LEXICAL_CALIBRATION, RetrieveConfig, Retriever
+    from mmadapt.rag.store import RagIndex
+    from mmadapt.rag.tune import LEXICAL_WEIGHTS
+
+    calibration = json.loads((out / "embedder" / LEXICAL_CALIBRATION).read_text())
+    assert calibration["calibrated"] and calibration["weight"] in LEXICAL_WEIGHTS and calibration["queries"] > 0
+    assert metrics["lexical_weight"] == calibration["weight"]
+    best = max((calibration["recall_at_5"][str(w)], calibration["mrr"][str(w)]) for w in LEXICAL_WEIGHTS)
+    # ties go to the candidate listed first: plain RRF (0.5), then the nearest to it
+    assert calibration["weight"] == next(w for w in LEXICAL_WEIGHTS
+                                         if (calibration["recall_at_5"][str(w)], calibration["mrr"][str(w)]) == best)
+    assert Retriever(RagIndex.open(index), RetrieveConfig(mode="hybrid")).lexical_weight == calibration["weight"]
+    assert rerank["mode"] == "hybrid" and rerank["lexical_weight"] == calibration["weight"]
+
+
+@pytest.mark.parametrize("reranker_flags", [["--reranker-loss", "bce"],
+                                            ["--reranker-loss", "mnrl", "--reranker-sentences", "--reranker-no-titles"]])
+def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path, capsys, reranker_flags):
     embedder = tiny_sentence_transformer(tmp_path / "bert")
     _, _, metrics = run_tune(tmp_path, capsys, str(embedder), "--epochs", "20", "--lr", "2e-3", "--batch-size", "16",
-                             "--reranker-loss", reranker_loss)
+                             *reranker_flags)
     assert metrics["after_dense_recall_at_5"] > metrics["before_dense_recall_at_5"] + 0.1, metrics
 
 
@@ -87,3 +113,20 @@ def test_tune_cli_with_a_tiny_bert_gains_recall_and_writes_what_it_says(tmp_path
 def test_tune_cli_with_the_bundled_minilm_gains_recall(tmp_path, capsys):
     _, _, metrics = run_tune(tmp_path, capsys, None, "--epochs", "2")
     assert metrics["after_dense_recall_at_5"] > metrics["before_dense_recall_at_5"] + 0.1, metrics
+
+
+def test_split_keeps_evaluation_documents_whole_and_one_known_document_query_for_calibration():
+    from mmadapt.rag.tune import Pair, TuneConfig, split_pairs
+
+    pairs = [Pair(f"title {i}", f"passage {i}", f"doc-{i}", "title") for i in range(40)]
+    pairs += [Pair(f"question {i}", f"passage {i}", f"doc-{i}", "question") for i in range(20)]  # docs 0..19: two pairs
+    kept, train, calibration, held = split_pairs(pairs, TuneConfig(eval_fraction=0.25, calibration_fraction=0.2))
+    assert sorted(map(id, kept)) == sorted(map(id, train + calibration + held))  # each pair in exactly one share
+    held_docs, calibration_docs = {p.doc_id for p in held}, {p.doc_id for p in calibration}
+    assert len(held_docs) == 10 and not held_docs & {p.doc_id for p in train + calibration}  # whole documents
+    assert len(calibration) == len(calibration_docs) == 6  # one pair each from a fifth of the 30 training documents
+    # new queries to known documents: a question held out, the document's title pair trained on
+    assert all(p.kind == "question" for p in calibration)
+    assert calibration_docs <= {p.doc_id for p in train if p.kind == "title"}
+    _, train_only, none, _ = split_pairs(pairs, TuneConfig(eval_fraction=0.25), calibrating=False)
+    assert not none and len(train_only) == len(train) + len(calibration)
