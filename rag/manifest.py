@@ -86,6 +86,17 @@ def _check_fields(file: Path, manifest: dict[str, Any], store: dict[str, Any]) -
         raise DataError(f"{file}: store.sizes must map file names to byte counts")
 
 
+def check_sizes(path: Path, store: dict[str, Any]) -> None:
+    """Every file the manifest sized is there at that size (FileNotFoundError / DataError otherwise)."""
+    for rel, size in store.get("sizes", {}).items():
+        file = path / rel
+        if not file.is_file():
+            raise FileNotFoundError(file)
+        if file.stat().st_size != size:
+            raise DataError(f"{file}: {file.stat().st_size} bytes, the manifest says {size}; the index is damaged "
+                            "(restore it or rebuild with `mmadapt rag build`)")
+
+
 def check_checksums(path: Path, manifest: dict[str, Any], gen_dir: Path, names: tuple[str, ...]) -> None:
     """Re-hash the generation's `names` (the vector backend's files) against the SHA-256 recorded at commit: a file corrupted at the same size
     (which the size check passes and faiss may read without error) is refused on open. Cost: one SHA-256 pass,

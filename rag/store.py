@@ -36,7 +36,7 @@ from mmadapt.io import atomic_directory, check_output_dir
 from mmadapt.lineage import describe_input
 from mmadapt.rag import manifest as index_manifest
 from mmadapt.rag import meta
-from mmadapt.rag.chunk import Chunk, ChunkConfig, Document, chunk_documents, load_token_spans
+from mmadapt.rag.chunk import Chunk, ChunkConfig, Document
 from mmadapt.rag.embed import EmbedderConfig, check_identity, load_embedder, local_weights
 from mmadapt.rag.index import IndexConfig, exact_topk
 from mmadapt.rag.ingest import IngestConfig
@@ -146,9 +146,9 @@ class RagIndex(IndexWrites):
             report = built.add_documents(documents)
             built.close(release=True)  # before the directory moves (milvus-lite's server holds its old path)
             if replaced is not None:
-                _retire(path, replaced, before_move=True)
+                _retire_replaced(path, replaced, before_move=True)
         if replaced is not None:
-            _retire(path, replaced, before_move=False)
+            _retire_replaced(path, replaced, before_move=False)
         return cls(path, embedder), report
 
     def _signature(self) -> tuple[int, int, int]:
@@ -191,7 +191,7 @@ class RagIndex(IndexWrites):
             gen_dir = self.path / f"gen-{self.store['generation']:06d}"
             conn = None
             try:
-                self._check_files(gen_dir)
+                index_manifest.check_sizes(self.path, self.store)
                 backend = backend_class(self.store.get("backend", "faiss"))
                 vectors = backend.load(self.path, self.store, self._config().index, self.dim, gen_dir)
                 index_manifest.check_checksums(self.path, self.manifest, gen_dir, backend.files)  # changed at its size
@@ -211,15 +211,6 @@ class RagIndex(IndexWrites):
             self.conn, self.gen_dir, self.vectors = conn, gen_dir, vectors
             return
         raise DataError(f"{self.path}: the index kept changing while it was opened ({attempts} tries)")
-
-    def _check_files(self, gen_dir: Path) -> None:
-        for rel, size in self.store.get("sizes", {}).items():
-            file = self.path / rel
-            if not file.is_file():
-                raise FileNotFoundError(file)
-            if file.stat().st_size != size:
-                raise DataError(f"{file}: {file.stat().st_size} bytes, the manifest says {size}; the index is damaged "
-                                "(restore it or rebuild with `mmadapt rag build`)")
 
     def _config(self) -> RagConfig:
         return from_dict(RagConfig, self.manifest.get("config", {}), path="manifest.config")
@@ -256,26 +247,6 @@ class RagIndex(IndexWrites):
     def dim(self) -> int:
         return int(self.store["embedder"]["dim"])
 
-
-    def embed_chunks(self, chunks: list[Chunk]) -> np.ndarray:
-        """[n] chunks -> [n, dim]: text passages by the text tower, images by the image tower."""
-        vectors = np.zeros((len(chunks), self.dim), dtype=np.float32)
-        text = [i for i, c in enumerate(chunks) if c.modality == "text"]
-        image = [i for i, c in enumerate(chunks) if c.modality == "image"]
-        if text:
-            vectors[text] = self.embedder.embed_documents([chunks[i].text for i in text])
-        if image:
-            vectors[image] = self.embedder.embed_images([chunks[i].source for i in image])
-        return vectors
-
-    def chunk(self, documents: list[Document]) -> list[Chunk]:
-        cfg = self.config.chunk
-        size = cfg.size or min(256, self.embedder.max_tokens)
-        if size > self.embedder.max_tokens and cfg.tokenizer == "embedder":
-            logger.warning("chunk.size %d is over the %d tokens embedder %s reads: the end of long passages is not "
-                           "embedded", size, self.embedder.max_tokens, self.store["embedder"]["name"])
-        return chunk_documents(documents, load_token_spans(cfg, self.embedder), size, min(cfg.overlap, size - 1),
-                               cfg.strategy)
 
     def add_documents(self, documents: list[Document], replace: bool = False) -> AddReport:
         """Chunk, embed and add documents; `replace`: first remove what their sources held (an updated file)."""
@@ -402,21 +373,12 @@ class RagIndex(IndexWrites):
                 "metric": self.store["metric"], "backend": self.store.get("backend", "faiss"), "embedder": self.store["embedder"], **self.store["counts"]}
 
 
-def _retire(path: Path, manifest: dict[str, Any], before_move: bool) -> None:
-    """What an index replaced by `build(overwrite=True)` keeps outside its files: before the new directory moves in,
-    this process's milvus-lite server on the old one stops; once it has, the old Milvus collections are dropped
-    (lite ones inside the index went with its directory)."""
-    if manifest["store"].get("backend") != "milvus":
-        return
-    from mmadapt.rag.backends.milvus import MilvusVectors, release_lite
+def _retire_replaced(path: Path, manifest: dict[str, Any], before_move: bool) -> None:
+    if manifest["store"].get("backend") == "milvus":
+        from mmadapt.rag.backends.milvus import retire
 
-    index_config = from_dict(RagConfig, manifest.get("config", {}), path="manifest.config").index
-    uri, lite = MilvusVectors.where(path, index_config)
-    if before_move:
-        if lite:
-            release_lite(uri)
-    elif index_config.uri is not None:
-        MilvusVectors.drop_all(uri, lite, manifest["store"].get("milvus", {}).get("name"))
+        retire(path, from_dict(IndexConfig, manifest.get("config", {}).get("index", {}), path="manifest.config.index"),
+               manifest["store"], before_move)
 
 
 def _resolved(source: str) -> str:

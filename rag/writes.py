@@ -17,7 +17,7 @@ from mmadapt.io import atomic_directory
 from mmadapt.lineage import describe_input
 from mmadapt.rag import manifest as index_manifest
 from mmadapt.rag import meta
-from mmadapt.rag.chunk import Chunk, Document
+from mmadapt.rag.chunk import Chunk, Document, chunk_documents, load_token_spans
 from mmadapt.rag.embed import local_weights
 from mmadapt.rag.manifest import MANIFEST, read_manifest
 
@@ -42,6 +42,27 @@ class UpdateReport:
 class IndexWrites:
     """Writes of an index directory; mixed into `RagIndex`, which holds the state used here (`self.vectors`: its
     VectorBackend)."""
+
+    # ----------------------------------------------------------------------------- what gets written
+    def embed_chunks(self, chunks: list[Chunk]) -> np.ndarray:
+        """[n] chunks -> [n, dim]: text passages by the text tower, images by the image tower."""
+        vectors = np.zeros((len(chunks), self.dim), dtype=np.float32)
+        text = [i for i, c in enumerate(chunks) if c.modality == "text"]
+        image = [i for i, c in enumerate(chunks) if c.modality == "image"]
+        if text:
+            vectors[text] = self.embedder.embed_documents([chunks[i].text for i in text])
+        if image:
+            vectors[image] = self.embedder.embed_images([chunks[i].source for i in image])
+        return vectors
+
+    def chunk(self, documents: list[Document]) -> list[Chunk]:
+        cfg = self.config.chunk
+        size = cfg.size or min(256, self.embedder.max_tokens)
+        if size > self.embedder.max_tokens and cfg.tokenizer == "embedder":
+            logger.warning("chunk.size %d is over the %d tokens embedder %s reads: the end of long passages is not "
+                           "embedded", size, self.embedder.max_tokens, self.store["embedder"]["name"])
+        return chunk_documents(documents, load_token_spans(cfg, self.embedder), size, min(cfg.overlap, size - 1),
+                               cfg.strategy)
 
     # ----------------------------------------------------------------------------- writing
     @contextlib.contextmanager

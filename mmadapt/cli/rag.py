@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mmadapt.cli.rag_options import parse_filters, positive_int, retrieval_flags, retriever
 from mmadapt.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -120,35 +119,12 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_filters(items: list[str]) -> dict[str, Any]:
-    """`key=value` (value read as YAML: numbers, lists `[a, b]`, operators `{gte: 3}`)."""
-    filters: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise DataError(f"--filter {item!r}: expected key=value, e.g. source=docs/a.txt or 'year={{gte: 2020}}'")
-        try:
-            filters[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise DataError(f"--filter {item!r}: cannot read the value: {e}") from e
-    return filters
-
-
-def _retriever(args: argparse.Namespace) -> Any:
-    from mmadapt.rag.retrieve import RetrieveConfig, Retriever
-    from mmadapt.rag.store import RagIndex
-
-    index = RagIndex.open(args.index, embedder=None)
-    return Retriever(index, RetrieveConfig(k=args.k, mode=args.mode, reranker=args.rerank, candidates=args.candidates,
-                                           rerank_weight=args.rerank_weight, lexical_weight=args.lexical_weight))
-
-
 def query(args: argparse.Namespace) -> int:
     if not args.text and not args.image:
         raise DataError("rag query: give query text, --image PATH, or both")
     if args.image and not Path(args.image).is_file():
         raise DataError(f"--image: file not found: {args.image}")
-    hits = _retriever(args).retrieve(args.text, filters=parse_filters(args.filter), image=args.image)
+    hits = retriever(args).retrieve(args.text, filters=parse_filters(args.filter), image=args.image)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], indent=2, default=str))
         return 0
@@ -160,65 +136,13 @@ def query(args: argparse.Namespace) -> int:
     return 0
 
 
-def ask(args: argparse.Namespace) -> int:
-    from mmadapt.model import MultimodalLM
-    from mmadapt.rag.augment import RAGPipeline
-
-    if args.image and not Path(args.image).is_file():
-        raise DataError(f"--image: file not found: {args.image}")
-    prompt = _prompt(args)
-    if args.k is None:  # as many passages as the model was trained to read, when its config says
-        from mmadapt.rag.augment import training_k
-
-        args.k = training_k(args.model) or 5
-    pipeline = RAGPipeline(MultimodalLM.from_pretrained(args.model), _retriever(args), prompt=prompt,
-                           max_new_tokens=args.max_new_tokens)
-    answer = pipeline.ask(args.question, image=args.image, filters=parse_filters(args.filter))
-    if args.json:
-        print(json.dumps({"answer": answer.text, "cited": answer.cited, "sources": [s.__dict__ for s in answer.sources],
-                          **({"messages": answer.messages} if args.show_prompt else {})}, indent=2, default=str))
-        return 0
-    if args.show_prompt:
-        for message in answer.messages:
-            print(f"--- {message['role']} ---\n{message['content']}")
-        print("--- answer ---")
-    print(answer.text)
-    print("\nsources:")
-    for s in answer.sources:
-        mark = "*" if s.n in answer.cited else " "
-        print(f" {mark}[{s.n}] {s.label}  ({s.chunk_id}, score {s.score:.3f})")
-    return 0
-
-
-def _prompt(args: argparse.Namespace) -> Any:
-    """--prompt (a YAML file or inline YAML of PromptConfig fields), else the layout the model was trained with
-    (its saved run config's data.retrieval.prompt), else the default."""
-    from mmadapt.config import from_dict
-    from mmadapt.rag.augment import PromptConfig, training_prompt
-
-    if args.prompt is None:
-        found = training_prompt(args.model)
-        if found is not None:
-            logger.info("asking with the prompt layout %s was trained with (--prompt to change it)", args.model)
-        return found or PromptConfig()
-    path = Path(args.prompt)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else args.prompt)
-    except yaml.YAMLError as e:
-        raise DataError(f"--prompt {args.prompt!r}: cannot read it as YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise DataError(f"--prompt {args.prompt!r}: expected a mapping of prompt fields (instruction, passage, question, "
-                        "no_passages, max_passage_chars, system) or a YAML file holding one")
-    return from_dict(PromptConfig, raw, path="--prompt")
-
-
 def evaluate_cli(args: argparse.Namespace) -> int:
     from mmadapt.rag.retrieve import evaluate
 
     from mmadapt.rag.judgements import read_judgements
 
     queries, relevant = read_judgements(args.queries, args.relevant)
-    metrics = evaluate(_retriever(args), queries, relevant, ks=args.at, filters=parse_filters(args.filter))
+    metrics = evaluate(retriever(args), queries, relevant, ks=args.at, filters=parse_filters(args.filter))
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -256,33 +180,6 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _retrieval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", type=_positive_int, default=5, help="passages to return (default 5)")
-    p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default="dense")
-    p.add_argument("--rerank", metavar="MODEL", help="a trained cross-encoder (hub id or path, e.g. OUT/reranker of "
-                   "`rag tune`) to re-rank the candidates")
-    p.add_argument("--candidates", type=_positive_int, default=50,
-                   help="passages each ranking contributes before fusion or re-ranking (default 50)")
-    p.add_argument("--rerank-weight", type=float, metavar="W", help="0..1: how far the reranker's order replaces "
-                   "the first stage's (1: alone; default: the weight `rag tune` calibrated for it, else 1)")
-    p.add_argument("--lexical-weight", type=float, metavar="W", help="0..1: BM25's share of --mode hybrid fusion "
-                   "(0.5: plain reciprocal-rank fusion; default: the weight `rag tune` calibrated for the index's "
-                   "embedder, else 0.5)")
-    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
-                   help="metadata filter, e.g. source=docs/a.txt, 'page=[1, 2]', 'year={gte: 2020}' (repeatable)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 def _releasing(command: Any) -> Any:
     """A CLI command that, once done, stops the milvus-lite servers it started: milvus-lite lets one process at a
     time open a database, and a command (even run in-process) must not keep it from the next one."""
@@ -303,6 +200,8 @@ def _releasing(command: Any) -> Any:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
+    from mmadapt.cli.rag_ask import ask
+
     rag = sub.add_parser("rag", help="build, update and query retrieval indices; answer with citations")
     cmds = rag.add_subparsers(dest="rag_command", metavar="ACTION", required=True)
 
@@ -341,14 +240,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("index")
     p.add_argument("--out", required=True, help="directory for the tuned embedder/ and reranker/")
     p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--hard-negatives", type=int, default=1, help="mined negatives per pair (0: in-batch only)")
     p.add_argument("--questions", help="JSONL {query, relevant: [ids]} to add to the corpus pairs (e.g. LLM-written)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="documents held out to measure recall")
     p.add_argument("--no-reranker", action="store_true", help="tune the embedder only")
     p.add_argument("--reranker-epochs", type=float, default=3.0)
-    p.add_argument("--reranker-negatives", type=_positive_int, default=4,
+    p.add_argument("--reranker-negatives", type=positive_int, default=4,
                    help="negatives per pair for the reranker, mined with the tuned embedder")
     p.add_argument("--reranker-loss", choices=("bce", "mnrl"), default="bce",
                    help="bce: each (query, passage) on its own; mnrl: the positive ranked against its negatives")
@@ -372,7 +271,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("index")
     p.add_argument("text", nargs="?")
     p.add_argument("--image", help="an image as the query (index built with an open_clip embedder)")
-    _retrieval_flags(p)
+    retrieval_flags(p)
     p.set_defaults(func=_releasing(query))
 
     p = cmds.add_parser("ask", help="answer a question with a model, citing the retrieved passages")
@@ -384,15 +283,15 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", help="prompt layout: a YAML file or inline YAML, e.g. '{passage: \"{text}\", instruction: \"\"}' "
                    "(default: the layout the model was trained with, from its saved config)")
     p.add_argument("--show-prompt", action="store_true", help="print the prompt sent to the model")
-    _retrieval_flags(p)
+    retrieval_flags(p)
     p.set_defaults(func=_releasing(ask), k=None)  # -k: default the k the model was trained with (its data.retrieval.k), else 5
 
     p = cmds.add_parser("eval", help="recall@k and MRR of retrieval on judged queries")
     p.add_argument("index")
     p.add_argument("queries", help="JSONL of {query, relevant: [ids]} (or {id, query} with RELEVANT)")
     p.add_argument("relevant", nargs="?", help="JSONL {id, relevant: [ids]} or TSV query_id<TAB>relevant_id")
-    p.add_argument("--at", type=_positive_int, nargs="+", default=[1, 5, 10], help="the k of recall@k (default 1 5 10)")
-    _retrieval_flags(p)
+    p.add_argument("--at", type=positive_int, nargs="+", default=[1, 5, 10], help="the k of recall@k (default 1 5 10)")
+    retrieval_flags(p)
     p.set_defaults(func=_releasing(evaluate_cli))
 
     p = cmds.add_parser("radit", help="write retrieval-augmented SFT conversations (RA-DIT) from QA records")

@@ -69,6 +69,18 @@ def release_lite(uri: str) -> None:
     server_manager_instance.release_server(uri)
 
 
+def retire(index_dir: Path, config: IndexConfig, store: dict[str, Any], before_move: bool) -> None:
+    """What an index replaced by `rag build --overwrite` keeps outside its files: before the new directory moves in,
+    this process's milvus-lite server on the old one stops; once it has, the old collections are dropped (lite
+    ones inside the index went with its directory)."""
+    uri, lite = MilvusVectors.where(index_dir, config)
+    if before_move:
+        if lite:
+            release_lite(uri)
+    elif config.uri is not None:
+        MilvusVectors.drop_all(uri, lite, store.get("milvus", {}).get("name"))
+
+
 class MilvusVectors:
     files: tuple[str, ...] = ()  # nothing in the generation directory: the collection lives in Milvus
 

@@ -68,7 +68,7 @@ def run_tune(tmp_path: Path, capsys, embedder: str | None, *tune_flags: str) -> 
         orders[mode] = [hit["chunk_id"] for hit in json.loads(capsys.readouterr().out)]
     assert len(orders["dense"]) == 4 and orders["hybrid"] == orders["dense"]
     from mmadapt.rag.retrieve import RERANK_CALIBRATION
-    from mmadapt.rag.tune import RERANK_WEIGHTS
+    from mmadapt.rag.calibrate import RERANK_WEIGHTS
 
     calibration = json.loads((out / "reranker" / RERANK_CALIBRATION).read_text())
     assert calibration["calibrated"] and calibration["weight"] in RERANK_WEIGHTS
@@ -87,7 +87,7 @@ def check_lexical_calibration(index: Path, out: Path, metrics: dict[str, float],
     is what a retriever of that index uses, and the reranker was calibrated on top of it."""
     from mmadapt.rag.retrieve import LEXICAL_CALIBRATION, RetrieveConfig, Retriever
     from mmadapt.rag.store import RagIndex
-    from mmadapt.rag.tune import LEXICAL_WEIGHTS
+    from mmadapt.rag.calibrate import LEXICAL_WEIGHTS
 
     calibration = json.loads((out / "embedder" / LEXICAL_CALIBRATION).read_text())
     assert calibration["calibrated"] and calibration["weight"] in LEXICAL_WEIGHTS and calibration["queries"] > 0
@@ -116,7 +116,8 @@ def test_tune_cli_with_the_bundled_minilm_gains_recall(tmp_path, capsys):
 
 
 def test_split_keeps_evaluation_documents_whole_and_one_known_document_query_for_calibration():
-    from mmadapt.rag.tune import Pair, TuneConfig, split_pairs
+    from mmadapt.rag.calibrate import split_pairs
+    from mmadapt.rag.tune import Pair, TuneConfig
 
     pairs = [Pair(f"title {i}", f"passage {i}", f"doc-{i}", "title") for i in range(40)]
     pairs += [Pair(f"question {i}", f"passage {i}", f"doc-{i}", "question") for i in range(20)]  # docs 0..19: two pairs

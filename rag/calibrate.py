@@ -1,0 +1,123 @@
+"""Calibrating a tuned retriever (`rag tune`): which pairs train, calibrate and evaluate (`split_pairs`), BM25's
+share of hybrid fusion (`calibrate_lexical`, written beside the tuned embedder) and how far the reranker's order
+replaces the first stage's (`calibrate_reranker`, written beside the reranker), each chosen by recall@5 then MRR
+on queries neither model was trained on."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmadapt.rag.tune import Pair, TuneConfig
+
+logger = logging.getLogger("mmadapt.rag.tune")  # one logger name for the whole of `rag tune`
+
+
+def recall_by_mode(index: Any, pairs: list[Pair], reranker: str | None = None) -> dict[str, float]:
+    from mmadapt.rag.retrieve import RetrieveConfig, Retriever, evaluate
+
+    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
+    out = {}
+    modes = ["dense", "hybrid"] if index.store.get("lexical") else ["dense"]
+    for mode in modes:
+        m = evaluate(Retriever(index, RetrieveConfig(mode=mode)), queries, relevant, ks=(1, 5))
+        out |= {f"{mode}_{k}": v for k, v in m.items() if k != "queries"}
+    if reranker:
+        m = evaluate(Retriever(index, RetrieveConfig(mode=modes[-1], reranker=reranker, candidates=20)), queries,
+                     relevant, ks=(1, 5))
+        out |= {f"{modes[-1]}_rerank_{k}": v for k, v in m.items() if k != "queries"}
+    return out
+
+
+RERANK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # candidate fusion weights
+RERANK_CANDIDATES = 20  # first-stage passages the reranker re-orders when measured here
+
+
+def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str, titles: bool = False) -> dict[str, float]:
+    """Choose retrieve.rerank_weight for `reranker` by recall@5 on `pairs` (queries it was not trained on) and
+    write it beside the reranker (RERANK_CALIBRATION), where the retriever finds it."""
+    from mmadapt.io import atomic_write_json
+    from mmadapt.rag.retrieve import RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate
+
+    target = Path(reranker) / RERANK_CALIBRATION
+    atomic_write_json(target, {"weight": 1.0, "calibrated": False, "titles": titles})  # how it reads passages
+    if not pairs:
+        logger.warning("no calibration queries (the corpus is small): the reranker's order is used alone")
+        return {"rerank_weight": 1.0}
+    mode = "hybrid" if index.store.get("lexical") else "dense"
+    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
+    first = Retriever(index, RetrieveConfig(mode=mode, reranker=reranker, candidates=RERANK_CANDIDATES))
+    measured = {w: evaluate(first.with_rerank_weight(w), queries, relevant, ks=(5,)) for w in RERANK_WEIGHTS}
+    # recall@5 first, then MRR (finer on a few queries); on a full tie the smaller weight: the reranker has to
+    # earn its place over the first stage, never subtract from it
+    weight = max(reversed(RERANK_WEIGHTS), key=lambda w: (measured[w]["recall_at_5"], measured[w]["mrr"]))
+    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
+    logger.info("reranker fusion weight %g (calibration recall@5 by weight on %d queries: %s)", weight,
+                len(queries), ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
+    # the first stage it was measured on top of: hybrid at the lexical weight calibrated just before
+    first_stage = {"mode": mode} | ({"lexical_weight": first.lexical_weight} if mode == "hybrid" else {})
+    atomic_write_json(target, {"weight": weight, "calibrated": True, "titles": titles, **first_stage,
+                               "candidates": RERANK_CANDIDATES, "queries": len(queries), "recall_at_5": recall,
+                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
+    return {"rerank_weight": weight, "pairs_calibration": float(len(queries))}
+
+
+# candidate BM25 shares of hybrid fusion, the plain-RRF default first and then by distance from it: on a tie in
+# recall@5 and MRR the earliest wins, so the fusion moves off plain RRF only when that measurably helps
+LEXICAL_WEIGHTS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.1, 0.9, 0.0, 1.0)
+
+
+def calibrate_lexical(index: Any, pairs: list[Pair], embedder: str) -> dict[str, float]:
+    """Choose retrieve.lexical_weight for the index embedded with `embedder` by recall@5, then MRR, on `pairs`
+    (queries neither model was trained on) and write it beside the embedder (LEXICAL_CALIBRATION), where the
+    retriever of any index embedded with it finds it."""
+    from mmadapt.io import atomic_write_json
+    from mmadapt.rag.retrieve import DEFAULT_LEXICAL_WEIGHT, LEXICAL_CALIBRATION, RetrieveConfig, Retriever, evaluate
+
+    target = Path(embedder) / LEXICAL_CALIBRATION
+    if not pairs:
+        logger.warning("no calibration queries (the corpus is small): hybrid keeps plain reciprocal-rank fusion")
+        atomic_write_json(target, {"weight": DEFAULT_LEXICAL_WEIGHT, "calibrated": False})
+        return {"lexical_weight": DEFAULT_LEXICAL_WEIGHT}
+    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
+    hybrid = Retriever(index, RetrieveConfig(mode="hybrid"))
+    measured = {w: evaluate(hybrid.with_lexical_weight(w), queries, relevant, ks=(5,)) for w in LEXICAL_WEIGHTS}
+    weight = max(LEXICAL_WEIGHTS, key=lambda w: (measured[w]["recall_at_5"], measured[w]["mrr"]))
+    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
+    logger.info("hybrid lexical weight %g (calibration recall@5 by weight on %d queries: %s)", weight, len(queries),
+                ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
+    atomic_write_json(target, {"weight": weight, "calibrated": True, "queries": len(queries), "recall_at_5": recall,
+                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
+    return {"lexical_weight": weight}
+
+
+def split_pairs(pairs: list[Pair], config: TuneConfig, calibrating: bool = True
+                ) -> tuple[list[Pair], list[Pair], list[Pair], list[Pair]]:
+    """(all pairs kept, training, calibration, evaluation). Evaluation takes whole documents, never trained on, so
+    nothing leaks into the before/after figures. Calibration (when `calibrating`) takes one pair from each of a
+    share of the other documents and keeps it from both models' training, while their other pairs are trained
+    on: the weights are chosen on new queries to documents the models know, as the tuned retriever is queried.
+    Calibrated on memorised queries, dense would look perfect; on unseen documents, far weaker than it will be.
+    Documents with a single pair are drawn only when too few have more."""
+    rng = random.Random(config.seed)
+    pairs = list(pairs)
+    rng.shuffle(pairs)
+    pairs = pairs[: config.max_pairs]
+    docs = sorted({p.doc_id for p in pairs})
+    held = set(rng.sample(docs, int(len(docs) * config.eval_fraction)))
+    by_doc: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        if pair.doc_id not in held:
+            by_doc.setdefault(pair.doc_id, []).append(pair)
+    n = int(len(by_doc) * config.calibration_fraction) if calibrating else 0
+    multi = sorted(d for d, ps in by_doc.items() if len(ps) > 1)
+    single = sorted(d for d, ps in by_doc.items() if len(ps) == 1)
+    chosen = rng.sample(multi, min(n, len(multi))) + rng.sample(single, max(0, n - len(multi)))
+    # a question, if the document has one: the kind of query the retriever will be asked
+    calibration = [next((p for p in by_doc[d] if p.kind == "question"), by_doc[d][0]) for d in chosen]
+    kept = {id(p) for p in calibration}
+    return (pairs, [p for p in pairs if p.doc_id not in held and id(p) not in kept], calibration,
+            [p for p in pairs if p.doc_id in held])
