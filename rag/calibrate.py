@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     from mmadapt.rag.tune import Pair, TuneConfig
@@ -26,10 +26,31 @@ def recall_by_mode(index: Any, pairs: list[Pair], reranker: str | None = None) -
         m = evaluate(Retriever(index, RetrieveConfig(mode=mode)), queries, relevant, ks=(1, 5))
         out |= {f"{mode}_{k}": v for k, v in m.items() if k != "queries"}
     if reranker:
-        m = evaluate(Retriever(index, RetrieveConfig(mode=modes[-1], reranker=reranker, candidates=20)), queries,
-                     relevant, ks=(1, 5))
+        reranking = Retriever(index, RetrieveConfig(mode=modes[-1], reranker=reranker, candidates=RERANK_CANDIDATES))
+        m = evaluate(reranking, queries, relevant, ks=(1, 5))
         out |= {f"{modes[-1]}_rerank_{k}": v for k, v in m.items() if k != "queries"}
     return out
+
+
+def _measure(retriever_at: Callable[[float], Any], weights: Sequence[float], pairs: list[Pair]
+             ) -> dict[float, dict[str, float]]:
+    """recall@5 and MRR on `pairs` of the retriever at each candidate weight."""
+    from mmadapt.rag.retrieve import evaluate
+
+    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
+    return {w: evaluate(retriever_at(w), queries, relevant, ks=(5,)) for w in weights}
+
+
+def _record(target: Path, what: str, weight: float, measured: dict[float, dict[str, float]], queries: int,
+            **extra: Any) -> None:
+    """Log the chosen weight with what each candidate measured, and write it where the retriever reads it."""
+    from mmadapt.io import atomic_write_json
+
+    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
+    logger.info("%s %g (calibration recall@5 by weight on %d queries: %s)", what, weight, queries,
+                ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
+    atomic_write_json(target, {"weight": weight, "calibrated": True, **extra, "queries": queries, "recall_at_5": recall,
+                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
 
 
 RERANK_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # candidate fusion weights
@@ -40,7 +61,7 @@ def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str, titles: boo
     """Choose retrieve.rerank_weight for `reranker` by recall@5 on `pairs` (queries it was not trained on) and
     write it beside the reranker (RERANK_CALIBRATION), where the retriever finds it."""
     from mmadapt.io import atomic_write_json
-    from mmadapt.rag.retrieve import RERANK_CALIBRATION, RetrieveConfig, Retriever, evaluate
+    from mmadapt.rag.retrieve import RERANK_CALIBRATION, RetrieveConfig, Retriever
 
     target = Path(reranker) / RERANK_CALIBRATION
     atomic_write_json(target, {"weight": 1.0, "calibrated": False, "titles": titles})  # how it reads passages
@@ -48,29 +69,24 @@ def calibrate_reranker(index: Any, pairs: list[Pair], reranker: str, titles: boo
         logger.warning("no calibration queries (the corpus is small): the reranker's order is used alone")
         return {"rerank_weight": 1.0}
     mode = "hybrid" if index.store.get("lexical") else "dense"
-    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
     first = Retriever(index, RetrieveConfig(mode=mode, reranker=reranker, candidates=RERANK_CANDIDATES))
-    measured = {w: evaluate(first.with_rerank_weight(w), queries, relevant, ks=(5,)) for w in RERANK_WEIGHTS}
+    measured = _measure(first.with_rerank_weight, RERANK_WEIGHTS, pairs)
     # recall@5 first, then MRR (finer on a few queries); on a full tie the smaller weight: the reranker has to
     # earn its place over the first stage, never subtract from it
     weight = max(reversed(RERANK_WEIGHTS), key=lambda w: (measured[w]["recall_at_5"], measured[w]["mrr"]))
-    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
-    logger.info("reranker fusion weight %g (calibration recall@5 by weight on %d queries: %s)", weight,
-                len(queries), ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
     # the first stage it was measured on top of: hybrid at the lexical weight calibrated just before
     first_stage = {"mode": mode} | ({"lexical_weight": first.lexical_weight} if mode == "hybrid" else {})
-    atomic_write_json(target, {"weight": weight, "calibrated": True, "titles": titles, **first_stage,
-                               "candidates": RERANK_CANDIDATES, "queries": len(queries), "recall_at_5": recall,
-                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
-    return {"rerank_weight": weight, "pairs_calibration": float(len(queries))}
+    _record(target, "reranker fusion weight", weight, measured, len(pairs), titles=titles, **first_stage,
+            candidates=RERANK_CANDIDATES)
+    return {"rerank_weight": weight, "pairs_calibration": float(len(pairs))}
 
 
 LEXICAL_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # candidate BM25 shares of hybrid fusion
 
 
 def choose_lexical_weight(measured: dict[float, dict[str, float]], queries: int) -> float:
-    """The smallest BM25 share whose recall@5 is within one calibration query of the best. The embedder was just tuned on this corpus: BM25 gets a larger share only when it wins by
-    more than one query, since a few dozen queries cannot tell smaller differences from noise (one run chose 0.4 on
+    """The smallest BM25 share whose recall@5 is within one calibration query of the best. The embedder was just
+    tuned on this corpus: BM25 gets a larger share only when it wins by more than one query, since a few dozen queries cannot tell smaller differences from noise (one run chose 0.4 on
     27 queries by the plain maximum, where 0.4 cost 0.33 recall@5 on unseen questions against 0.2)."""
     best = max(m["recall_at_5"] for m in measured.values())
     close = sorted(w for w, m in measured.items() if m["recall_at_5"] >= best - 1.0 / max(queries, 1) - 1e-9)
@@ -82,22 +98,16 @@ def calibrate_lexical(index: Any, pairs: list[Pair], embedder: str) -> dict[str,
     (queries neither model was trained on) and write it beside the embedder (LEXICAL_CALIBRATION), where the
     retriever of any index embedded with it finds it."""
     from mmadapt.io import atomic_write_json
-    from mmadapt.rag.retrieve import DEFAULT_LEXICAL_WEIGHT, LEXICAL_CALIBRATION, RetrieveConfig, Retriever, evaluate
+    from mmadapt.rag.retrieve import DEFAULT_LEXICAL_WEIGHT, LEXICAL_CALIBRATION, RetrieveConfig, Retriever
 
     target = Path(embedder) / LEXICAL_CALIBRATION
     if not pairs:
         logger.warning("no calibration queries (the corpus is small): hybrid keeps plain reciprocal-rank fusion")
         atomic_write_json(target, {"weight": DEFAULT_LEXICAL_WEIGHT, "calibrated": False})
         return {"lexical_weight": DEFAULT_LEXICAL_WEIGHT}
-    queries, relevant = [p.query for p in pairs], [{p.doc_id} for p in pairs]
-    hybrid = Retriever(index, RetrieveConfig(mode="hybrid"))
-    measured = {w: evaluate(hybrid.with_lexical_weight(w), queries, relevant, ks=(5,)) for w in LEXICAL_WEIGHTS}
-    weight = choose_lexical_weight(measured, len(queries))
-    recall = {str(w): m["recall_at_5"] for w, m in measured.items()}
-    logger.info("hybrid lexical weight %g (calibration recall@5 by weight on %d queries: %s)", weight, len(queries),
-                ", ".join(f"{w}: {r:.3f}" for w, r in recall.items()))
-    atomic_write_json(target, {"weight": weight, "calibrated": True, "queries": len(queries), "recall_at_5": recall,
-                               "mrr": {str(w): m["mrr"] for w, m in measured.items()}})
+    measured = _measure(Retriever(index, RetrieveConfig(mode="hybrid")).with_lexical_weight, LEXICAL_WEIGHTS, pairs)
+    weight = choose_lexical_weight(measured, len(pairs))
+    _record(target, "hybrid lexical weight", weight, measured, len(pairs))
     return {"lexical_weight": weight}
 
 

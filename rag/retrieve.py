@@ -43,8 +43,9 @@ class RetrieveConfig:
     # None: the weight `rag tune` calibrated for that reranker (RERANK_CALIBRATION beside it), else 1.0.
     rerank_weight: float | None = None
     # BM25's share of hybrid fusion: 2 (1 - w) / (rrf_k + dense rank) + 2 w / (rrf_k + lexical rank) (doubled so
-    # that 0.5 gives plain reciprocal-rank fusion's scores, not only its order); None: the weight `rag tune` calibrated for the index's embedder (LEXICAL_CALIBRATION
-    # beside it), else 0.5. A tuned embedder can outgrow BM25, whose equal share then drags it down.
+    # that 0.5 gives plain reciprocal-rank fusion's scores, not only its order); None: the weight `rag tune`
+    # calibrated for the index's embedder (LEXICAL_CALIBRATION beside it), else 0.5. A tuned embedder can outgrow
+    # BM25, whose equal share then drags it down.
     lexical_weight: float | None = None
 
     def __post_init__(self) -> None:
@@ -77,25 +78,30 @@ def weighted_rank_fusion(first: Sequence[Hashable], second: Sequence[Hashable], 
                          k: int = 60) -> list[tuple[Hashable, float]]:
     """Reciprocal-rank fusion of two rankings of the same items with weights (1 - weight, weight); best first,
     ties by the first ranking's order."""
-    scores = {key: (1.0 - weight) / (k + rank) for rank, key in enumerate(first, 1)}
-    for rank, key in enumerate(second, 1):
-        scores[key] = scores.get(key, 0.0) + weight / (k + rank)
-    return sorted(scores.items(), key=lambda kv: -kv[1])
+    return reciprocal_rank_fusion([first, second], k, (1.0 - weight, weight))
+
+
+def _calibration(path: Path, what: str, default_weight: float | None) -> dict[str, Any]:
+    """A calibration `rag tune` wrote (empty when there is none), its `weight` checked (`default_weight` when it
+    has none; None: the file must record one)."""
+    from mmadapt.io import read_json
+
+    if not path.is_file():
+        return {}
+    calibration = read_json(path, what, ConfigError, expect=dict)
+    weight = calibration.get("weight", default_weight)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"{path}: 'weight' must be a number in [0, 1], got {weight!r}")
+    return {**calibration, "weight": float(weight)}
 
 
 def _rerank_calibration(reranker: str) -> dict[str, Any]:
-    from mmadapt.io import read_json
-
-    path = Path(reranker) / RERANK_CALIBRATION
-    return read_json(path, "a reranker calibration", ConfigError, expect=dict) if path.is_file() else {}
+    return _calibration(Path(reranker) / RERANK_CALIBRATION, "a reranker calibration", default_weight=1.0)
 
 
 def calibrated_rerank_weight(reranker: str) -> float:
     """The fusion weight `rag tune` measured for its reranker on held-out queries; 1.0 for any other cross-encoder."""
-    weight = _rerank_calibration(reranker).get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"{Path(reranker) / RERANK_CALIBRATION}: 'weight' must be a number in [0, 1], got {weight!r}")
-    return float(weight)
+    return _rerank_calibration(reranker).get("weight", 1.0)
 
 
 def reranker_reads_titles(reranker: str) -> bool:
@@ -115,15 +121,8 @@ def rerank_text(hit: Hit) -> str:
 def calibrated_lexical_weight(embedder: str) -> float:
     """The BM25 share of hybrid fusion `rag tune` measured for its tuned embedder (LEXICAL_CALIBRATION in its
     directory); 0.5, plain reciprocal-rank fusion, for any other embedder."""
-    from mmadapt.io import read_json
-
-    path = Path(embedder) / LEXICAL_CALIBRATION
-    if not path.is_file():
-        return DEFAULT_LEXICAL_WEIGHT
-    weight = read_json(path, "a lexical-weight calibration", ConfigError, expect=dict).get("weight")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"{path}: 'weight' must be a number in [0, 1], got {weight!r}")
-    return float(weight)
+    calibration = _calibration(Path(embedder) / LEXICAL_CALIBRATION, "a lexical-weight calibration", None)
+    return calibration.get("weight", DEFAULT_LEXICAL_WEIGHT)
 
 
 def check_reranker(name: str) -> None:

@@ -105,10 +105,9 @@ class RagIndex(IndexWrites):
         meta.create_schema(conn, lexical)
         conn.commit()
         conn.close()
-        if config.index.backend == "milvus" and config.index.uri and config.index.uri.endswith(".db"):
-            # a milvus-lite path outside the index is recorded absolute: the index opens from any directory
-            config = dataclasses.replace(config, index=dataclasses.replace(config.index, uri=str(Path(config.index.uri).resolve())))
-        vectors = backend_class(config.index.backend).create(path, config.index, embedder.dim)
+        backend = backend_class(config.index.backend)
+        config = dataclasses.replace(config, index=backend.recorded_config(config.index))
+        vectors = backend.create(path, config.index, embedder.dim)
         vectors.save(gen_dir)
         parents = [describe_input(p) for p in local_weights(config.embedder)]  # hashed: part of the index's lineage
         store = {
@@ -136,10 +135,8 @@ class RagIndex(IndexWrites):
         # (dot entries inside an index are its lock and killed writers' temp copies)
         own = {p.name for p in path.iterdir() if p.name.startswith(".")} if path.is_dir() else set()
         replaced = read_manifest(path) if overwrite and (path / MANIFEST).is_file() else None
-        if replaced is not None and replaced["store"].get("backend") == "milvus":
-            from mmadapt.rag.backends.milvus import LITE_DIR
-
-            own.add(LITE_DIR)  # its milvus-lite directory
+        if replaced is not None:
+            own.update(backend_class(replaced["store"].get("backend", "faiss")).owned)
         check_output_dir(path, index_manifest.KIND, overwrite, ignore=own)
         with atomic_directory(path, overwrite=True) as tmp:
             built = cls.create(tmp, config, embedder, final_path=path)
@@ -219,14 +216,10 @@ class RagIndex(IndexWrites):
         self.conn.close()
 
     def close(self, release: bool = False) -> None:
-        """Close the SQLite connection and the vector backend; `release`: also stop this process's milvus-lite
-        server for the index (so another process, or this directory under a new name, can open it)."""
+        """Close the SQLite connection and the vector backend; `release`: also what holds the index directory (this
+        process's milvus-lite server), so another process, or this directory under a new name, can open it."""
         self._close()
-        self.vectors.close()
-        if release and getattr(self.vectors, "lite", False):
-            from mmadapt.rag.backends.milvus import release_lite
-
-            release_lite(self.vectors.uri)
+        self.vectors.close(release)
 
     @property
     def config(self) -> RagConfig:
@@ -374,11 +367,8 @@ class RagIndex(IndexWrites):
 
 
 def _retire_replaced(path: Path, manifest: dict[str, Any], before_move: bool) -> None:
-    if manifest["store"].get("backend") == "milvus":
-        from mmadapt.rag.backends.milvus import retire
-
-        retire(path, from_dict(IndexConfig, manifest.get("config", {}).get("index", {}), path="manifest.config.index"),
-               manifest["store"], before_move)
+    index_config = from_dict(IndexConfig, manifest.get("config", {}).get("index", {}), path="manifest.config.index")
+    backend_class(manifest["store"].get("backend", "faiss")).retire(path, index_config, manifest["store"], before_move)
 
 
 def _resolved(source: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +183,15 @@ def _releasing(command: Any) -> Any:
     """A CLI command that, once done, stops the milvus-lite servers it started: milvus-lite lets one process at a
     time open a database, and a command (even run in-process) must not keep it from the next one."""
 
-    def started() -> set[str]:
-        manager = sys.modules.get("milvus_lite.server_manager")
-        return set(getattr(manager.server_manager_instance, "_servers", {})) if manager else set()
-
     def run(args: argparse.Namespace) -> int:
-        before = started()
+        from mmadapt.rag.backends.milvus import lite_servers, release_lite
+
+        before = lite_servers()
         try:
             return command(args)
         finally:
-            for path in started() - before:
-                sys.modules["milvus_lite.server_manager"].server_manager_instance.release_server(path)
+            for uri in lite_servers() - before:
+                release_lite(uri)
 
     return run
 

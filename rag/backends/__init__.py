@@ -50,11 +50,15 @@ class VectorBackend(Protocol):
 
     def abort(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, release: bool = False) -> None: ...  # release: what holds the index directory (it may move)
 
     def describe(self) -> dict[str, Any]: ...  # what the manifest records about it (store.backend)
 
 
+# Class-level hooks the store calls before a backend exists or after it is gone:
+#   recorded_config(index_config) -> IndexConfig   the config as the manifest records it
+#   owned: tuple[str, ...]                          entries it keeps inside the index directory besides gen-N/
+#   retire(index_dir, index_config, store, before_move)  an index replaced by `rag build --overwrite`
 BACKENDS = ("faiss", "milvus")
 
 

@@ -19,6 +19,15 @@ INDEX_FILE = "index.faiss"
 
 class FaissVectors:
     files = (INDEX_FILE,)
+    owned: tuple[str, ...] = ()  # everything it writes lives in the generation directories
+
+    @staticmethod
+    def recorded_config(config: IndexConfig) -> IndexConfig:
+        return config
+
+    @staticmethod
+    def retire(index_dir: Path, config: IndexConfig, store: dict[str, Any], before_move: bool) -> None:
+        pass  # its files went with the replaced directory
 
     def __init__(self, faiss_index: Any, config: IndexConfig, dim: int, trained_on: int = 0) -> None:
         self.faiss, self.config, self.dim, self.trained_on = faiss_index, config, dim, trained_on
@@ -89,7 +98,7 @@ class FaissVectors:
     def abort(self) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, release: bool = False) -> None:
         pass
 
     def describe(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ many). Row ids are the SQLite row ids (never reused), so texts, metadata and BM2
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -69,20 +70,36 @@ def release_lite(uri: str) -> None:
     server_manager_instance.release_server(uri)
 
 
-def retire(index_dir: Path, config: IndexConfig, store: dict[str, Any], before_move: bool) -> None:
-    """What an index replaced by `rag build --overwrite` keeps outside its files: before the new directory moves in,
-    this process's milvus-lite server on the old one stops; once it has, the old collections are dropped (lite
-    ones inside the index went with its directory)."""
-    uri, lite = MilvusVectors.where(index_dir, config)
-    if before_move:
-        if lite:
-            release_lite(uri)
-    elif config.uri is not None:
-        MilvusVectors.drop_all(uri, lite, store.get("milvus", {}).get("name"))
+def lite_servers() -> set[str]:
+    """The milvus-lite databases this process has a server running for."""
+    import sys
+
+    manager = sys.modules.get("milvus_lite.server_manager")
+    return set(getattr(manager.server_manager_instance, "_servers", {})) if manager else set()
 
 
 class MilvusVectors:
     files: tuple[str, ...] = ()  # nothing in the generation directory: the collection lives in Milvus
+    owned = (LITE_DIR,)  # milvus-lite's directory, when index.uri is not set
+
+    @classmethod
+    def recorded_config(cls, config: IndexConfig) -> IndexConfig:
+        """A milvus-lite path is recorded absolute: the index opens from any working directory."""
+        if config.uri is not None and config.uri.endswith(".db"):
+            return dataclasses.replace(config, uri=str(Path(config.uri).resolve()))
+        return config
+
+    @staticmethod
+    def retire(index_dir: Path, config: IndexConfig, store: dict[str, Any], before_move: bool) -> None:
+        """What an index replaced by `rag build --overwrite` keeps outside its files: before the new directory moves
+        in, this process's milvus-lite server on the old one stops; once it has, the old collections are dropped
+        (lite ones inside the index went with its directory)."""
+        uri, lite = MilvusVectors.where(index_dir, config)
+        if before_move:
+            if lite:
+                release_lite(uri)
+        elif config.uri is not None:
+            MilvusVectors.drop_all(uri, lite, store.get("milvus", {}).get("name"))
 
     def __init__(self, client: Any, uri: str, lite: bool, name: str, collection: str, config: IndexConfig, dim: int,
                  generation: int) -> None:
@@ -280,8 +297,10 @@ class MilvusVectors:
     def abort(self) -> None:
         self.pending = None  # the store reloads the committed state; the next `begin` undoes the rest
 
-    def close(self) -> None:
+    def close(self, release: bool = False) -> None:
         self.client.close()
+        if release and self.lite:
+            release_lite(self.uri)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "milvus", "index_kind": self.kind, "milvus": {"name": self.name, "collection": self.collection}}
